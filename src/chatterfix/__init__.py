@@ -1,0 +1,76 @@
+"""ChatterFix: a plugin platform for AI-powered CMMS apps.
+
+The public face. Light to import (the command line imports it): the platform, the gateway
+and the plugin registry load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from chatterfix.events.catalog import SystemEvents
+from chatterfix.hookspecs import hookimpl
+from chatterfix.seed import (
+    config_manager,
+    event_system,
+    plugin_registry,
+    service_discovery,
+    shared_services,
+)
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from chatterfix.config import Config
+    from chatterfix.events.bus import Event, EventBus
+    from chatterfix.gateway.errors import APIError
+    from chatterfix.manifest import ManifestError, PluginManifest
+    from chatterfix.platform import Platform, ServiceNotAvailable
+    from chatterfix.plugins import PluginState
+    from chatterfix.service_endpoint import ServiceEndpoint
+
+_LAZY = {
+    "Platform": "chatterfix.platform",
+    "ServiceNotAvailable": "chatterfix.platform",
+    "Config": "chatterfix.config",
+    "Event": "chatterfix.events.bus",
+    "EventBus": "chatterfix.events.bus",
+    "APIError": "chatterfix.gateway.errors",
+    "PluginManifest": "chatterfix.manifest",
+    "ManifestError": "chatterfix.manifest",
+    "PluginState": "chatterfix.plugins",
+    "ServiceEndpoint": "chatterfix.service_endpoint",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'chatterfix' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "APIError",
+    "Config",
+    "Event",
+    "EventBus",
+    "ManifestError",
+    "Platform",
+    "PluginManifest",
+    "PluginState",
+    "ServiceEndpoint",
+    "ServiceNotAvailable",
+    "SystemEvents",
+    "__version__",
+    "config_manager",
+    "event_system",
+    "hookimpl",
+    "plugin_registry",
+    "service_discovery",
+    "shared_services",
+]

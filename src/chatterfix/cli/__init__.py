@@ -1,0 +1,137 @@
+"""The ``chatterfix`` command line.
+
+Imports stay light here: each command imports what it needs when it runs, so that
+``chatterfix --help`` never loads Starlette or SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import rich_click as click
+
+from chatterfix import __version__
+
+click.rich_click.USE_MARKDOWN = True
+click.rich_click.SHOW_ARGUMENTS = True
+click.rich_click.COMMAND_GROUPS = {
+    "chatterfix": [
+        {"name": "Platform", "commands": ["start", "status"]},
+        {"name": "Plugins", "commands": ["list", "hooks", "info"]},
+    ]
+}
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class PluginCommandsGroup(click.RichGroup):
+    """The root group; commands from plugins' ``register_commands`` join on first lookup."""
+
+    _plugins_loaded = False
+
+    def _load_plugin_commands(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        if os.environ.get("CHATTERFIX_NO_PLUGIN_COMMANDS"):
+            return
+        from chatterfix.cli.plugin_commands import add_plugin_commands
+
+        add_plugin_commands(self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            self._load_plugin_commands()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+
+@click.group(cls=PluginCommandsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", "-v", is_flag=True, help="Show debug logging.")
+@click.version_option(__version__, "--version", prog_name="chatterfix")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """**ChatterFix**: build AI-powered CMMS apps as plugins and serve them through one gateway.
+
+    Start the gateway with `chatterfix start`, then open http://127.0.0.1:8000/platform/status.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+plugins_dir_option = click.option(
+    "--plugins-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of plugins (each sub-folder holds plugin.json and its module).",
+)
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to bind (config gateway.host; 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to bind (config gateway.port; 8000).")
+@click.option("--reload", is_flag=True, help="Restart when code changes (development).")
+@plugins_dir_option
+@click.pass_context
+def start(
+    ctx: click.Context, host: str | None, port: int | None, reload: bool, plugins_dir: Path | None
+) -> None:
+    """Start the platform gateway (uvicorn) with every installed plugin."""
+    from chatterfix.cli.serve import serve
+
+    serve(host=host, port=port, reload=reload, plugins_dir=plugins_dir, verbose=ctx.obj["verbose"])
+
+
+@cli.command()
+@click.option("--url", default=DEFAULT_URL, show_default=True, help="Gateway to ask.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON document.")
+def status(url: str, as_json: bool) -> None:
+    """Ask a running gateway for its status."""
+    from chatterfix.cli.reports import show_status
+
+    show_status(url, as_json)
+
+
+@cli.command("list")
+@plugins_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_plugins(plugins_dir: Path | None, as_json: bool) -> None:
+    """List installed plugins: version, state, origin, hooks, load errors."""
+    from chatterfix.cli.reports import show_plugins
+
+    show_plugins(plugins_dir, as_json)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def hooks(as_json: bool) -> None:
+    """List every hook a plugin can implement, with its signature."""
+    from chatterfix.cli.reports import show_hooks
+
+    show_hooks(as_json)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def info(as_json: bool) -> None:
+    """Show versions, configuration paths and where plugins are looked for."""
+    from chatterfix.cli.reports import show_info
+
+    show_info(as_json)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    return cli.main(args=argv, prog_name="chatterfix")

@@ -1,0 +1,1 @@
+"""The gateway: one Starlette application assembled from the plugins' hooks."""

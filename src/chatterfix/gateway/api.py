@@ -1,0 +1,121 @@
+"""The platform's own endpoints: health, status, plugins, routes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from chatterfix.gateway.errors import APIError
+from chatterfix.plugins import PluginActionError, PluginNotFound
+from chatterfix.routes import describe, route_claims
+
+if TYPE_CHECKING:
+    from chatterfix.platform import Platform
+
+PLUGIN_ACTIONS = ("start", "stop", "reload")
+
+
+def _platform(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse(await _platform(request).health())
+
+
+async def health_live(request: Request) -> Response:
+    return JSONResponse({"status": "alive"})
+
+
+async def health_ready(request: Request) -> Response:
+    platform = _platform(request)
+    if not platform.started:
+        raise APIError(503, "the platform is not started yet", "not_ready")
+    return JSONResponse({"status": "ready", "plugins_running": len(platform.plugins.running())})
+
+
+async def platform_status(request: Request) -> Response:
+    return JSONResponse(await _platform(request).status())
+
+
+async def list_plugins(request: Request) -> Response:
+    registry = _platform(request).plugins
+    return JSONResponse(
+        {
+            "plugins": [record.summary() for record in registry.records.values()],
+            "load_errors": [attrs.asdict(error) for error in registry.load_errors],
+        }
+    )
+
+
+def _record_summary(platform: Platform, name: str) -> dict[str, Any]:
+    try:
+        return platform.plugins.get(name).summary()
+    except PluginNotFound as exc:
+        raise APIError(404, str(exc), "plugin_not_found") from None
+
+
+async def show_plugin(request: Request) -> Response:
+    return JSONResponse(_record_summary(_platform(request), request.path_params["name"]))
+
+
+async def plugin_action(request: Request) -> Response:
+    platform = _platform(request)
+    name = request.path_params["name"]
+    action = request.path_params["action"]
+    if action not in PLUGIN_ACTIONS:
+        raise APIError(404, f"unknown action {action!r}; use one of {', '.join(PLUGIN_ACTIONS)}")
+    _record_summary(platform, name)
+    registry = platform.plugins
+    try:
+        with platform.activated():
+            if action == "start":
+                await registry.start_plugin(name)
+                affected = [name]
+            elif action == "stop":
+                affected = await registry.stop_plugin(name)
+            else:
+                await registry.reload_plugin(name)
+                affected = [name]
+    except PluginActionError as exc:
+        raise APIError(409, str(exc), f"plugin_{action}_failed") from None
+    return JSONResponse(
+        {
+            "action": action,
+            "plugin": name,
+            "affected": affected,
+            "status": registry.get(name).state.value,
+            "plugins": {item: registry.get(item).summary()["status"] for item in affected},
+        }
+    )
+
+
+async def list_routes(request: Request) -> Response:
+    platform = _platform(request)
+    routes = [describe(route, "platform") for route in PLATFORM_ROUTES]
+    for record in platform.plugins.running():
+        routes.extend(describe(route, record.name) for route in record.routes)
+    return JSONResponse({"routes": routes})
+
+
+PLATFORM_ROUTES = [
+    Route("/health", health, methods=["GET"]),
+    Route("/health/live", health_live, methods=["GET"]),
+    Route("/health/ready", health_ready, methods=["GET"]),
+    Route("/platform/status", platform_status, methods=["GET"]),
+    Route("/platform/plugins", list_plugins, methods=["GET"]),
+    Route("/platform/plugins/{name}", show_plugin, methods=["GET"]),
+    Route("/platform/plugins/{name}/{action}", plugin_action, methods=["POST"]),
+    Route("/platform/routes", list_routes, methods=["GET"]),
+]
+
+
+def reserved_claims() -> list[tuple[str, str]]:
+    """Paths the platform itself answers; a plugin claiming one is refused."""
+    claims = [claim for route in PLATFORM_ROUTES for claim in route_claims(route)]
+    return [*claims, ("/platform/{path:path}", "*")]

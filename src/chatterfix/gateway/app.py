@@ -1,0 +1,155 @@
+"""Assembly of the gateway from the platform's routes and the running plugins' hooks.
+
+The gateway is a small ASGI object holding one *routing*: a fully built Starlette
+application (routes plus middleware). A plugin change builds a new routing and swaps it in
+with a single assignment, so a request is served entirely by the routing it started on, and
+the old one can be drained before the old plugin code is shut down.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from chatterfix.context import serving_routing
+from chatterfix.gateway.api import PLATFORM_ROUTES
+from chatterfix.gateway.context import RequestContextMiddleware
+from chatterfix.gateway.errors import (
+    APIError,
+    ErrorMiddleware,
+    api_error_handler,
+    error_response,
+    http_exception_handler,
+)
+from chatterfix.plugins import PluginState
+
+if TYPE_CHECKING:
+    from chatterfix.platform import Platform
+
+logger = logging.getLogger("chatterfix.gateway")
+
+
+class Routing:
+    """One built generation of the gateway, counting the requests it is serving."""
+
+    __slots__ = ("_idle", "app", "in_flight")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.in_flight = 0
+        self._idle: tuple[int, anyio.Event] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.in_flight += 1
+        token = serving_routing.set(self)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            serving_routing.reset(token)
+            self.in_flight -= 1
+            if self._idle is not None and self.in_flight <= self._idle[0]:
+                self._idle[1].set()
+
+    async def wait_idle(self, allowance: int = 0) -> None:
+        """Return once at most ``allowance`` requests are still being served."""
+        if self.in_flight > allowance:
+            self._idle = (allowance, anyio.Event())
+            await self._idle[1].wait()
+
+
+class Gateway:
+    """The platform's ASGI application; its lifespan runs the platform."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.routing = self._build()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.routing(scope, receive, send)
+
+    def rebuild(self) -> Routing:
+        """Swap in a routing built from the plugins' current state; return the old one."""
+        previous = self.routing
+        self.routing = self._build()
+        return previous
+
+    async def drain(self, previous: object, grace: float) -> None:
+        """Wait up to ``grace`` seconds for ``previous`` to finish its requests."""
+        assert isinstance(previous, Routing)
+        # A stop requested over HTTP is itself in flight on the previous routing.
+        own = 1 if serving_routing.get() is previous else 0
+        with anyio.move_on_after(grace):
+            await previous.wait_idle(own)
+        if previous.in_flight > own:
+            logger.warning("%d request(s) still running after %.1fs", previous.in_flight, grace)
+
+    def _build(self) -> Routing:
+        platform = self.platform
+        running = platform.plugins.running()
+        plugin_routes = [route for record in running for route in record.routes]
+        plugin_middleware = [
+            entry if isinstance(entry, Middleware) else Middleware(entry)
+            for record in running
+            for entry in record.middleware
+        ]
+        app = Starlette(
+            routes=[*PLATFORM_ROUTES, *plugin_routes],
+            middleware=[Middleware(ErrorMiddleware), *plugin_middleware],
+            exception_handlers={
+                HTTPException: http_exception_handler,
+                APIError: api_error_handler,
+            },
+        )
+        app.state.platform = platform
+        app.router.default = self._not_found
+        app.middleware_stack = app.build_middleware_stack()
+        return Routing(RequestContextMiddleware(app, platform))
+
+    async def _not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        response = self._unavailable_plugin(scope["path"]) or error_response(
+            404, f"no route for {scope['method']} {scope['path']}"
+        )
+        await response(scope, receive, send)
+
+    def _unavailable_plugin(self, path: str) -> Any:
+        """A 503 naming the plugin when the path belongs to one that is not running."""
+        parts = path.split("/")
+        if len(parts) < 3 or parts[1] != "api":
+            return None
+        record = self.platform.plugins.records.get(parts[2])
+        if record is None or record.state is PluginState.RUNNING:
+            return None
+        detail = f": {record.error_message}" if record.error_message else ""
+        return error_response(
+            503,
+            f"plugin {record.name!r} is {record.state.value}{detail}",
+            "plugin_unavailable",
+            plugin=record.name,
+        )
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        phase = "startup"
+        try:
+            async with self.platform:
+                self.rebuild()
+                await send({"type": "lifespan.startup.complete"})
+                phase = "shutdown"
+                await receive()  # lifespan.shutdown
+        except Exception as exc:
+            logger.exception("platform %s failed", phase)
+            await send({"type": f"lifespan.{phase}.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.shutdown.complete"})

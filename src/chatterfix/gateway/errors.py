@@ -1,0 +1,93 @@
+"""JSON errors everywhere: ``{"error": {"code", "message", "request_id"}}``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chatterfix.context import current_request_id
+
+logger = logging.getLogger("chatterfix.gateway")
+
+
+class APIError(Exception):
+    """Raise from a handler to answer with a JSON error of your choosing."""
+
+    def __init__(
+        self, status_code: int, message: str, code: str | None = None, **details: Any
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.code = code or _code_for(status_code)
+        self.details = details
+
+
+def _code_for(status_code: int) -> str:
+    try:
+        return HTTPStatus(status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "error"
+
+
+def error_response(
+    status_code: int,
+    message: str,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **details: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "code": code or _code_for(status_code),
+        "message": message,
+        "request_id": current_request_id.get(),
+    }
+    body.update(details)
+    return JSONResponse({"error": body}, status_code=status_code, headers=headers)
+
+
+async def http_exception_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return error_response(exc.status_code, exc.detail, headers=exc.headers)
+
+
+async def api_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return error_response(exc.status_code, exc.message, exc.code, **exc.details)
+
+
+class ErrorMiddleware:
+    """Turn any exception that escapes a handler into a JSON 500; never leak a traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            logger.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise  # headers are out: the server can only cut the connection
+            response = error_response(500, "internal server error", "internal_error")
+            await response(scope, receive, send)

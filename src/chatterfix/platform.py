@@ -1,0 +1,324 @@
+"""The Platform: owns config, plugins, events and services, and runs one lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import attrs
+
+from chatterfix import __version__
+from chatterfix.config import Config
+from chatterfix.context import current_platform
+from chatterfix.events.bus import EventBus
+from chatterfix.plugins import PluginRecord, PluginRegistry, PluginState
+
+if TYPE_CHECKING:
+    import sqlalchemy
+
+    from chatterfix.gateway.app import Gateway
+
+logger = logging.getLogger("chatterfix.platform")
+
+
+class ServiceNotAvailable(RuntimeError):
+    """A shared service that this version of the platform does not provide yet."""
+
+
+@attrs.frozen
+class Permission:
+    name: str
+    description: str
+    plugin: str
+
+
+# The platform entered most recently: what the seed-compatible proxies resolve to outside a
+# request or hook (inside one, the context variable names the platform exactly).
+_entered: list[Platform] = []
+
+
+def active_platform() -> Platform:
+    platform = current_platform.get()
+    if platform is not None:
+        return platform
+    if _entered:
+        return _entered[-1]
+    raise RuntimeError(
+        "no ChatterFix platform is running: start one with `chatterfix start`, "
+        "`async with Platform(...)`, or the chatterfix_platform pytest fixture"
+    )
+
+
+class Platform:
+    """The embedding API.
+
+    ``Platform(config=..., plugins=[...], load_entrypoints=True, plugins_dir=None)`` finds and
+    imports plugins at once; ``async with platform:`` starts them (in dependency order) and
+    stops them; ``platform.asgi_app`` is the Starlette gateway, whose ASGI lifespan does the
+    same ``async with`` when served by uvicorn.
+    """
+
+    def __init__(
+        self,
+        config: Config | Mapping[str, Any] | None = None,
+        plugins: Iterable[object] = (),
+        *,
+        load_entrypoints: bool = True,
+        plugins_dir: str | Path | None = None,
+        builtins: bool = True,
+    ) -> None:
+        self.config = config if isinstance(config, Config) else Config(config)
+        self.events = EventBus(history_size=int(self.config.get("events.history_size", 1000)))
+        self.permissions: dict[str, Permission] = {}
+        self.ai_providers: dict[str, Any] = {}
+        self._owners: dict[tuple[str, str], PluginRecord] = {}
+        self._metadata: sqlalchemy.MetaData | None = None
+        self._gateway: Gateway | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._exit_stack: contextlib.AsyncExitStack | None = None
+        self.started = False
+        self.started_at: datetime | None = None
+        self._started_monotonic = time.monotonic()
+        folder = plugins_dir if plugins_dir is not None else self.config.get("plugins.dir")
+        self.plugins_dir = Path(folder) if folder else None
+        self.plugins = PluginRegistry(self)
+        self.plugins.discover(
+            builtins=builtins,
+            entrypoints=load_entrypoints,
+            plugins_dir=self.plugins_dir,
+            objects=plugins,
+        )
+
+    # -- identity and services -------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("platform.name"))
+
+    @property
+    def version(self) -> str:
+        return __version__
+
+    @property
+    def uptime(self) -> float:
+        return round(time.monotonic() - self._started_monotonic, 3) if self.started else 0.0
+
+    def get_logger(self, name: str) -> logging.Logger:
+        """A logger for a plugin or component, below the ``chatterfix`` logger."""
+        return logging.getLogger(name if name.startswith("chatterfix") else f"chatterfix.{name}")
+
+    @property
+    def metadata(self) -> sqlalchemy.MetaData:
+        """The shared SQLAlchemy metadata that ``register_models`` fills."""
+        if self._metadata is None:
+            import sqlalchemy
+
+            self._metadata = sqlalchemy.MetaData()
+        return self._metadata
+
+    @property
+    def database(self) -> Any:
+        raise ServiceNotAvailable("the database service is not available yet in this version")
+
+    @property
+    def auth(self) -> Any:
+        raise ServiceNotAvailable("the auth service is not available yet in this version")
+
+    @property
+    def ai(self) -> Any:
+        raise ServiceNotAvailable("the AI service is not available yet in this version")
+
+    @property
+    def discovery(self) -> Any:
+        raise ServiceNotAvailable("service discovery is not available yet in this version")
+
+    # -- contributions from plugins --------------------------------------------------------
+
+    def add_permissions(self, owner: PluginRecord, permissions: Mapping[str, str]) -> None:
+        for name, description in permissions.items():
+            known = self.permissions.get(name)
+            self.permissions[name] = Permission(
+                name, description or (known.description if known else ""), owner.name
+            )
+            self._owners["permission", name] = owner
+
+    def add_ai_providers(self, owner: PluginRecord, providers: Any) -> None:
+        items = providers if isinstance(providers, list | tuple) else [providers]
+        for provider in items:
+            if provider is None:
+                continue
+            name = getattr(provider, "name", None)
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"an AI provider needs a non-empty 'name', got {provider!r}")
+            holder = self._owners.get(("ai_provider", name))
+            if name in self.ai_providers and holder is not None and holder.name != owner.name:
+                raise ValueError(f"AI provider {name!r} is already provided by {holder.name!r}")
+            self.ai_providers[name] = provider
+            self._owners["ai_provider", name] = owner
+
+    def remove_contributions(self, owner: PluginRecord) -> None:
+        """Drop what ``owner`` (one plugin generation) contributed and still holds."""
+        for kind, name in [key for key, holder in self._owners.items() if holder is owner]:
+            del self._owners[kind, name]
+            registry = self.permissions if kind == "permission" else self.ai_providers
+            registry.pop(name, None)
+
+    # -- gateway ---------------------------------------------------------------------------
+
+    @property
+    def asgi_app(self) -> Gateway:
+        """The gateway as an ASGI application (Starlette inside)."""
+        if self._gateway is None:
+            from chatterfix.gateway.app import Gateway
+
+            self._gateway = Gateway(self)
+        return self._gateway
+
+    def routes_changed(self) -> object | None:
+        """Rebuild the gateway's routing after a plugin change; returns the previous one."""
+        return self._gateway.rebuild() if self._gateway is not None else None
+
+    async def drain(self, previous: object | None) -> None:
+        """Wait (bounded) until requests served by a previous routing have finished."""
+        if self._gateway is not None and previous is not None:
+            await self._gateway.drain(previous, float(self.config.get("plugins.drain_timeout")))
+
+    def reserved_route_claims(self) -> list[tuple[str, str]]:
+        from chatterfix.gateway.api import reserved_claims
+
+        return reserved_claims()
+
+    # -- lifespan --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def activated(self) -> Iterator[None]:
+        """Make this platform the one the seed-compatible proxies resolve to."""
+        token = current_platform.set(self)
+        try:
+            yield
+        finally:
+            current_platform.reset(token)
+
+    def spawn(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Run ``function`` in the platform's task group (cancelled at shutdown)."""
+        if self._task_group is None:
+            raise RuntimeError("the platform is not running (use `async with platform:`)")
+        self._task_group.start_soon(function, *args)
+
+    async def __aenter__(self) -> Platform:
+        if self.started:
+            return self
+        stack = contextlib.AsyncExitStack()
+        self._task_group = await stack.enter_async_context(anyio.create_task_group())
+        self._exit_stack = stack
+        _entered.append(self)
+        self.started_at = datetime.now(UTC)
+        self._started_monotonic = time.monotonic()
+        try:
+            with self.activated():
+                await self.plugins.start_all_plugins()
+        except BaseException:
+            await self._close()
+            raise
+        self.started = True
+        total = len(self.plugins.records)
+        logger.info(
+            "platform started: %d of %d plugins running", len(self.plugins.running()), total
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self.started:
+            return
+        try:
+            with self.activated():
+                await self.plugins.stop_all_plugins()
+        finally:
+            self.started = False
+            await self._close()
+
+    async def _close(self) -> None:
+        if self in _entered:
+            _entered.remove(self)
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+        if self._exit_stack is not None:
+            await self._exit_stack.aclose()
+        self._task_group = self._exit_stack = None
+
+    # -- reports ---------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        """Overall health: the gateway is up; plugins' own checks make it degraded."""
+        plugins = await self.plugins.check_health()
+        statuses = [
+            result["status"]
+            for name, result in plugins.items()
+            if self.plugins.records[name].state in (PluginState.RUNNING, PluginState.ERROR)
+        ]
+        status = "healthy" if all(s == "healthy" for s in statuses) else "degraded"
+        return {
+            "status": status,
+            "gateway": "ChatterFix Platform Gateway",
+            "version": self.version,
+            "timestamp": _utc_now(),
+            "plugins": plugins,
+        }
+
+    async def status(self) -> dict[str, Any]:
+        """The seed's ``/platform/status`` document."""
+        health = await self.plugins.check_health()
+        plugins = {
+            name: {
+                "status": record.state.value,
+                "error_message": record.error_message,
+                "last_heartbeat": _iso(record.last_heartbeat),
+                "health": health.get(name, {}).get("status", "unknown"),
+                "version": record.manifest.version,
+            }
+            for name, record in self.plugins.records.items()
+        }
+        # Plugins meant to be up; stopped or never-started ones are not failing services.
+        services = [
+            r
+            for r in self.plugins.records.values()
+            if r.state in (PluginState.RUNNING, PluginState.STARTING, PluginState.ERROR)
+        ]
+        healthy = sum(
+            1
+            for r in services
+            if r.state is PluginState.RUNNING and health[r.name]["status"] != "unhealthy"
+        )
+        total = len(services)
+        return {
+            "platform": {"name": self.name, "version": self.version, "uptime": self.uptime},
+            "plugins": plugins,
+            "services": {
+                "total_services": total,
+                "healthy_services": healthy,
+                "unhealthy_services": total - healthy,
+                "availability_percentage": round(100.0 * healthy / total, 2) if total else 100.0,
+            },
+            "load_errors": [attrs.asdict(error) for error in self.plugins.load_errors],
+        }
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None

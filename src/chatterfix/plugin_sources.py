@@ -1,0 +1,311 @@
+"""Where plugins come from: built-ins, the ``chatterfix`` entry points, a folder, code.
+
+Each source yields :class:`Candidate` objects. A candidate knows its name before anything is
+imported, so a disabled plugin costs nothing, and it can import its code afresh for a reload.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import sys
+import types
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from chatterfix.manifest import (
+    ManifestError,
+    PluginManifest,
+    load_manifest_file,
+    structure_manifest,
+)
+
+ENTRY_POINT_GROUP = "chatterfix"
+OWN_DISTRIBUTION = "chatterfix"
+MANIFEST_FILE = "plugin.json"
+MANIFEST_ATTRIBUTE = "PLUGIN_MANIFEST"
+FOLDER_PACKAGE = "chatterfix_local_plugins"
+
+
+@attrs.frozen
+class Loaded:
+    """What importing a candidate produced: the plugin object (None for a remote app)."""
+
+    plugin: object | None
+    manifest: PluginManifest
+
+
+@attrs.frozen
+class Candidate:
+    name: str
+    origin: str  # "builtin" | "entrypoint" | "folder" | "code" | "api"
+    location: str
+    load: Callable[[], Loaded] = attrs.field(repr=False, eq=False)
+    # Modules to drop from sys.modules before importing again on reload.
+    module_prefixes: tuple[str, ...] = ()
+
+
+def _manifest_near(plugin: object) -> Path | None:
+    """The plugin.json of a package plugin, or of a module inside a package."""
+    file = getattr(plugin, "__file__", None)
+    if not isinstance(file, str):
+        return None
+    folder = Path(file).parent
+    is_package = hasattr(plugin, "__path__")
+    if not is_package and not (folder / "__init__.py").exists():
+        return None  # a top-level module: a plugin.json beside it belongs to something else
+    candidate = folder / MANIFEST_FILE
+    return candidate if candidate.is_file() else None
+
+
+def manifest_for(
+    plugin: object, fallback_name: str, defaults: dict[str, Any], source: str
+) -> PluginManifest:
+    """The manifest of a loaded plugin object: attribute, plugin.json, or defaults."""
+    declared = getattr(plugin, MANIFEST_ATTRIBUTE, None)
+    if isinstance(declared, PluginManifest):
+        return declared
+    if declared is not None:
+        return structure_manifest({**defaults, "name": fallback_name, **declared}, source)
+    path = _manifest_near(plugin)
+    if path is not None:
+        data = _read_json(path)
+        return structure_manifest({**defaults, "name": fallback_name, **data}, str(path))
+    return structure_manifest({**defaults, "name": fallback_name}, source)
+
+
+def _read_json(path: Path) -> Any:
+    # Named errors come from load_manifest_file; reuse it for the parsing diagnostics.
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        load_manifest_file(path)
+        raise
+
+
+def _distribution_defaults(dist: importlib.metadata.Distribution | None) -> dict[str, Any]:
+    if dist is None:
+        return {}
+    meta = dist.metadata
+    author = meta["Author"] or (meta["Author-email"] or "").split("<")[0].strip()
+    defaults: dict[str, Any] = {"version": dist.version}
+    if meta["Summary"]:
+        defaults["description"] = meta["Summary"]
+    if author:
+        defaults["author"] = author.strip('"')
+    return defaults
+
+
+def _check_name(manifest: PluginManifest, expected: str, source: str) -> PluginManifest:
+    if manifest.name != expected:
+        raise ManifestError(
+            source, "name", f"is {manifest.name!r} but the plugin is registered as {expected!r}"
+        )
+    return manifest
+
+
+def _top_package(value: str) -> str:
+    return value.split(":")[0].split(".")[0]
+
+
+def entry_point_candidates(*, builtins: bool, third_party: bool) -> Iterator[Candidate]:
+    """Candidates from the ``chatterfix`` entry-point group, built-ins first."""
+    own: list[Candidate] = []
+    others: list[Candidate] = []
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = entry_point.dist
+        dist_name = (dist.metadata["Name"] if dist else "") or ""
+        is_builtin = dist_name.lower().replace("_", "-") == OWN_DISTRIBUTION
+        if (is_builtin and not builtins) or (not is_builtin and not third_party):
+            continue
+        location = f"{dist_name} {dist.version if dist else ''}".strip()
+        target = own if is_builtin else others
+        target.append(
+            Candidate(
+                name=entry_point.name,
+                origin="builtin" if is_builtin else "entrypoint",
+                location=f"{location} ({entry_point.value})",
+                load=_entry_point_loader(entry_point),
+                module_prefixes=(_top_package(entry_point.value),),
+            )
+        )
+    yield from own
+    yield from others
+
+
+def _entry_point_loader(entry_point: importlib.metadata.EntryPoint) -> Callable[[], Loaded]:
+    def load() -> Loaded:
+        plugin = entry_point.load()
+        source = f"entry point {entry_point.name} = {entry_point.value}"
+        defaults = _distribution_defaults(entry_point.dist)
+        manifest = manifest_for(plugin, entry_point.name, defaults, source)
+        return Loaded(plugin, _check_name(manifest, entry_point.name, source))
+
+    return load
+
+
+def folder_candidates(folder: Path) -> Iterator[Candidate | ManifestError]:
+    """One candidate per sub-folder holding a ``plugin.json``; bad manifests as errors."""
+    if not folder.is_dir():
+        yield ManifestError(str(folder), "(folder)", "plugins folder does not exist")
+        return
+    for child in sorted(folder.iterdir()):
+        manifest_path = child / MANIFEST_FILE
+        if not manifest_path.is_file():
+            continue
+        try:
+            manifest = load_manifest_file(manifest_path)
+        except ManifestError as exc:
+            yield exc
+            continue
+        yield Candidate(
+            name=manifest.name,
+            origin="folder",
+            location=str(child),
+            load=_folder_loader(child, manifest_path),
+            module_prefixes=_folder_prefixes(child, manifest),
+        )
+
+
+def _folder_code(folder: Path, manifest: PluginManifest) -> tuple[str, Path] | None:
+    """How to import a folder plugin: ('package', root) or ('file', path), if any code."""
+    if manifest.module:
+        target = folder / manifest.module
+        if target.with_suffix(".py").is_file():
+            return "file", target.with_suffix(".py")
+        if (target / "__init__.py").is_file():
+            return "package", target
+        return "missing", target
+    for root in (folder, folder / "src"):
+        if (root / manifest.name / "__init__.py").is_file():
+            return "package", root / manifest.name
+    if (folder / "main.py").is_file():
+        return "file", folder / "main.py"
+    if (folder / "__init__.py").is_file():
+        return "file", folder / "__init__.py"
+    return None
+
+
+def _folder_prefixes(folder: Path, manifest: PluginManifest) -> tuple[str, ...]:
+    code = _folder_code(folder, manifest)
+    if code and code[0] == "package":
+        return (code[1].name,)
+    return (f"{FOLDER_PACKAGE}.{manifest.name}",)
+
+
+def _folder_loader(folder: Path, manifest_path: Path) -> Callable[[], Loaded]:
+    def load() -> Loaded:
+        manifest = load_manifest_file(manifest_path)  # read again: reload picks up edits
+        code = _folder_code(folder, manifest)
+        if code is None:
+            if manifest.is_remote_capable:
+                return Loaded(None, manifest)
+            raise ManifestError(
+                str(manifest_path),
+                "module",
+                f"no code found in {folder}: expected main.py, __init__.py or a package named "
+                f"{manifest.name!r} (or set 'url'/'port' for a remote app)",
+            )
+        kind, path = code
+        if kind == "missing":
+            raise ManifestError(str(manifest_path), "module", f"{path} does not exist")
+        if kind == "package":
+            root = str(path.parent)
+            if root not in sys.path:
+                sys.path.insert(0, root)
+            return Loaded(importlib.import_module(path.name), manifest)
+        return Loaded(_import_file(manifest.name, folder, path), manifest)
+
+    return load
+
+
+def _import_file(name: str, folder: Path, path: Path) -> types.ModuleType:
+    """Import ``path`` as ``chatterfix_local_plugins.<name>.<stem>`` so relative imports work
+    and two plugins' ``main.py`` never collide."""
+    if FOLDER_PACKAGE not in sys.modules:
+        root = types.ModuleType(FOLDER_PACKAGE)
+        root.__path__ = []
+        sys.modules[FOLDER_PACKAGE] = root
+    package_name = f"{FOLDER_PACKAGE}.{name}"
+    package = types.ModuleType(package_name)
+    package.__path__ = [str(folder)]
+    sys.modules[package_name] = package
+    if path.name == "__init__.py":
+        spec = importlib.util.spec_from_file_location(
+            package_name, path, submodule_search_locations=[str(folder)]
+        )
+        module_name = package_name
+    else:
+        module_name = f"{package_name}.{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    return module
+
+
+def code_candidates(objects: Iterable[object]) -> Iterator[Candidate | ManifestError]:
+    """Candidates for plugin objects passed as ``Platform(plugins=[...])``."""
+    for plugin in objects:
+        name = _code_plugin_name(plugin)
+        source = f"plugin object {getattr(plugin, '__name__', type(plugin).__name__)}"
+        try:
+            manifest = manifest_for(plugin, name, {}, source)
+        except ManifestError as exc:
+            yield exc
+            continue
+        module_name = getattr(plugin, "__name__", None)
+        is_module = isinstance(plugin, types.ModuleType)
+        yield Candidate(
+            name=manifest.name,
+            origin="code",
+            location=module_name if is_module and module_name else repr(plugin),
+            load=_code_loader(plugin, manifest),
+            module_prefixes=(module_name,) if is_module and module_name else (),
+        )
+
+
+def _code_plugin_name(plugin: object) -> str:
+    declared = getattr(plugin, MANIFEST_ATTRIBUTE, None)
+    if isinstance(declared, PluginManifest):
+        return declared.name
+    if isinstance(declared, dict) and isinstance(declared.get("name"), str):
+        return str(declared["name"])
+    if isinstance(plugin, types.ModuleType):
+        return plugin.__name__.rsplit(".", 1)[-1]
+    if isinstance(plugin, type):
+        return plugin.__name__.lower()
+    return type(plugin).__name__.lower()
+
+
+def _code_loader(plugin: object, manifest: PluginManifest) -> Callable[[], Loaded]:
+    first = [True]
+
+    def load() -> Loaded:
+        if first[0] or not isinstance(plugin, types.ModuleType):
+            first[0] = False
+            return Loaded(plugin, manifest)
+        module = importlib.import_module(plugin.__name__)
+        return Loaded(module, manifest_for(module, manifest.name, {}, plugin.__name__))
+
+    return load
+
+
+def remote_candidate(manifest: PluginManifest, origin: str = "api") -> Candidate:
+    """A manifest-only app registered at runtime (no code to import)."""
+    return Candidate(
+        name=manifest.name,
+        origin=origin,
+        location=manifest.url or f"port {manifest.port}",
+        load=lambda: Loaded(None, manifest),
+    )

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def make_folder_plugin(tmp_path: Path) -> Callable[..., Path]:
+    """Write ``<plugins>/<name>/{plugin.json, main.py}`` and return the plugins folder."""
+    folder = tmp_path / "plugins"
+    folder.mkdir(exist_ok=True)
+
+    def make(name: str, code: str = "", manifest: dict[str, Any] | None = None) -> Path:
+        target = folder / name
+        target.mkdir()
+        data = {"name": name, "version": "1.0.0"} if manifest is None else manifest
+        (target / "plugin.json").write_text(json.dumps(data))
+        if code is not None:
+            (target / "main.py").write_text(textwrap.dedent(code))
+        return folder
+
+    return make
