@@ -30,3 +30,20 @@ def make_folder_plugin(tmp_path: Path) -> Callable[..., Path]:
         return folder
 
     return make
+
+
+@pytest.fixture
+def serve() -> Callable[..., Any]:
+    """``async with serve(platform) as client``: start the platform, talk to its gateway."""
+    import contextlib
+
+    import httpx
+
+    @contextlib.asynccontextmanager
+    async def run(platform: Any) -> Any:
+        async with platform:
+            transport = httpx.ASGITransport(app=platform.asgi_app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                yield client
+
+    return run

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from chatterfix.events.catalog import SystemEvents
-from chatterfix.hookspecs import hookimpl
+from chatterfix.hookspecs import hookimpl, hookspec
 from chatterfix.seed import (
     config_manager,
     event_system,
@@ -70,6 +70,7 @@ __all__ = [
     "config_manager",
     "event_system",
     "hookimpl",
+    "hookspec",
     "plugin_registry",
     "service_discovery",
     "shared_services",

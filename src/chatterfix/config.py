@@ -178,6 +178,11 @@ class Config:
                 return value
         return default
 
+    def layered(self, key: str) -> list[tuple[str, Any]]:
+        """``(layer, value)`` for every layer that sets ``key``, lowest first."""
+        found = [(layer, _get_path(self._layers[layer], key)) for layer in LAYERS]
+        return [(layer, value) for layer, value in found if value is not _MISSING]
+
     def source(self, key: str) -> str | None:
         """Name of the layer the effective value of ``key`` comes from."""
         for layer in reversed(LAYERS):

@@ -80,6 +80,7 @@ class Platform:
         self.permissions: dict[str, Permission] = {}
         self.ai_providers: dict[str, Any] = {}
         self._owners: dict[tuple[str, str], PluginRecord] = {}
+        self._table_owners: dict[str, str] = {}
         self._metadata: sqlalchemy.MetaData | None = None
         self._gateway: Gateway | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -163,6 +164,28 @@ class Platform:
                 raise ValueError(f"AI provider {name!r} is already provided by {holder.name!r}")
             self.ai_providers[name] = provider
             self._owners["ai_provider", name] = owner
+
+    def release_tables(self, plugin: str) -> list[sqlalchemy.Table]:
+        """Take ``plugin``'s tables out of the metadata so its ``register_models`` can run
+        again (on start after a stop, or on reload); returns them for :meth:`restore_tables`.
+        """
+        released = []
+        for name in [table for table, owner in self._table_owners.items() if owner == plugin]:
+            released.append(self.metadata.tables[name])
+            self.metadata.remove(self.metadata.tables[name])
+            del self._table_owners[name]
+        return released
+
+    def claim_tables(self, plugin: str, names: Iterable[str]) -> None:
+        for name in names:
+            self._table_owners[name] = plugin
+
+    def restore_tables(self, plugin: str, tables: list[sqlalchemy.Table]) -> None:
+        """Undo a failed start: drop what it defined, put the released tables back."""
+        self.release_tables(plugin)
+        for table in tables:
+            table.to_metadata(self.metadata)
+        self.claim_tables(plugin, [table.name for table in tables])
 
     def remove_contributions(self, owner: PluginRecord) -> None:
         """Drop what ``owner`` (one plugin generation) contributed and still holds."""

@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("chatterfix.plugins")
 
 HEALTH_STATES = ("healthy", "degraded", "unhealthy")
+# A plugin may declare hooks of its own for other plugins to implement (a class or module
+# of functions marked with ``chatterfix.hookspec``), as pytest plugins do with pytest_addhooks.
+HOOKSPECS_ATTRIBUTE = "HOOKSPECS"
 
 
 class PluginState(StrEnum):
@@ -213,8 +216,11 @@ class PluginRegistry:
 
     def _blocked_by_config(self, name: str) -> bool:
         config = self.platform.config
+        # Block lists add up across layers: the environment can disable one more plugin
+        # without repeating the config file's list.
+        disabled = {item for _, names in config.layered("plugins.disabled") for item in names}
         only = config.get("plugins.only") or []
-        return name in (config.get("plugins.disabled") or []) or bool(only and name not in only)
+        return name in disabled or bool(only and name not in only)
 
     def _load(self, candidate: Candidate) -> PluginRecord | None:
         try:
@@ -247,6 +253,9 @@ class PluginRegistry:
 
     def _register(self, record: PluginRecord) -> bool:
         try:
+            specs = getattr(record.plugin, HOOKSPECS_ATTRIBUTE, None)
+            if specs is not None:
+                self.pm.add_hookspecs(specs)
             self.pm.register(record.plugin, name=record.name)
         except (ValueError, pluggy.PluginValidationError) as exc:
             self._load_error(
@@ -501,6 +510,7 @@ class PluginRegistry:
         record.state = PluginState.STARTING
         platform = self.platform
         step = "config_schema"
+        released_tables: list[Any] = []
         try:
             with platform.activated():
                 schema = dict(record.manifest.config_schema)
@@ -509,8 +519,11 @@ class PluginRegistry:
                 platform.config.add_schema_defaults(record.name, schema)
                 step = "register_models"
                 metadata = platform.metadata
+                released_tables = platform.release_tables(record.name)
+                before = set(metadata.tables)
                 for result in await self.call(record, "register_models", metadata=metadata):
                     _attach_tables(metadata, result)
+                platform.claim_tables(record.name, set(metadata.tables) - before)
                 step = "register_permissions"
                 self._collect_permissions(record)
                 for result in await self.call(record, "register_permissions", platform=platform):
@@ -534,6 +547,8 @@ class PluginRegistry:
                 ]
         except Exception as exc:
             record.fail(f"{step} failed: {type(exc).__name__}: {exc}", _short_traceback())
+            if step != "config_schema":
+                platform.restore_tables(record.name, released_tables)
             self._undo(record)
             await self._emit_error(record)
             logger.error("plugin %s: %s", record.name, record.error_message)
