@@ -138,8 +138,19 @@ def entry_point_candidates(*, builtins: bool, third_party: bool) -> Iterator[Can
     yield from others
 
 
-def _entry_point_loader(entry_point: importlib.metadata.EntryPoint) -> Callable[[], Loaded]:
+def _current_entry_point(original: importlib.metadata.EntryPoint) -> importlib.metadata.EntryPoint:
+    """The entry point as installed now: a reload after ``pip install -U`` sees the upgrade."""
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=original.name):
+        return entry_point
+    return original
+
+
+def _entry_point_loader(original: importlib.metadata.EntryPoint) -> Callable[[], Loaded]:
+    first = [True]
+
     def load() -> Loaded:
+        entry_point = original if first[0] else _current_entry_point(original)
+        first[0] = False
         plugin = entry_point.load()
         source = f"entry point {entry_point.name} = {entry_point.value}"
         defaults = _distribution_defaults(entry_point.dist)

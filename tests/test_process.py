@@ -1,0 +1,311 @@
+"""The real thing: `chatterfix start` as a process, a plugin pip-installed into a fresh venv."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import site
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+PLUGIN_PYPROJECT = """
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "cmms-tools"
+version = "3.1.4"
+description = "Tools for the CMMS"
+authors = [{ name = "Plant Engineering" }]
+
+[project.entry-points.chatterfix]
+cmms_tools = "cmms_tools.main"
+
+[tool.hatch.build.targets.wheel]
+packages = ["cmms_tools"]
+"""
+
+PLUGIN_MAIN = """
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+import chatterfix
+
+GENERATION = {generation}
+
+
+async def wrench(request):
+    return JSONResponse({{"tool": "wrench", "generation": GENERATION}})
+
+
+@chatterfix.hookimpl
+def register_routes(platform):
+    return [Route("/api/cmms_tools/wrench", wrench)]
+
+
+@chatterfix.hookimpl
+def health_check(platform):
+    return {{"status": "healthy"}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def gateway(python: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run `python -m chatterfix start` on a free port until /health answers; yield its URL."""
+    port = free_port()
+    log = cwd / f"gateway-{port}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [python, "-m", "chatterfix", "start", "--port", str(port), *args],
+            cwd=cwd,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"gateway exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"gateway did not answer within 60 s:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new virtual environment that sees this project (and its dependencies) through a
+    site directory, with the plugin distribution below pip-installed into it."""
+    root = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
+    python = root / "venv" / "bin" / "python"
+    venv_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    lines = "".join(f"import site; site.addsitedir({path!r})\n" for path in site.getsitepackages())
+    Path(venv_site, "_chatterfix_project.pth").write_text(lines)
+    return python
+
+
+@pytest.fixture(scope="module")
+def plugin_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    source = tmp_path_factory.mktemp("dist") / "cmms-tools"
+    (source / "cmms_tools").mkdir(parents=True)
+    (source / "pyproject.toml").write_text(PLUGIN_PYPROJECT)
+    (source / "cmms_tools" / "__init__.py").write_text("")
+    (source / "cmms_tools" / "main.py").write_text(PLUGIN_MAIN.format(generation=1))
+    return source
+
+
+def pip_install(python: str, source: Path) -> None:
+    command = ["-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    subprocess.run([python, *command, str(source)], check=True)
+
+
+@pytest.fixture(scope="module")
+def installed(fresh_venv: Path, plugin_source: Path) -> Path:
+    pip_install(str(fresh_venv), plugin_source)
+    return fresh_venv
+
+
+def test_installed_distribution_is_discovered_served_and_managed(
+    installed: Path, plugin_source: Path, tmp_path: Path
+) -> None:
+    python = str(installed)
+    listed = subprocess.run(
+        [python, "-m", "chatterfix", "list", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    plugins = {p["name"]: p for p in json.loads(listed.stdout)["plugins"]}
+    entry = plugins["cmms_tools"]
+    assert entry["origin"] == "entrypoint"
+    assert entry["version"] == "3.1.4"
+    assert entry["description"] == "Tools for the CMMS"
+    assert entry["author"] == "Plant Engineering"
+    assert plugins["hello"]["origin"] == "builtin"
+
+    with gateway(python, cwd=tmp_path) as url:
+        assert httpx.get(url + "/api/cmms_tools/wrench").json() == {
+            "tool": "wrench",
+            "generation": 1,
+        }
+        listing = httpx.get(url + "/platform/plugins").json()["plugins"]
+        assert {"cmms_tools", "hello"} <= {p["name"] for p in listing}
+
+        stopped = httpx.post(url + "/platform/plugins/cmms_tools/stop").json()
+        assert stopped["status"] == "stopped"
+        assert httpx.get(url + "/api/cmms_tools/wrench").status_code == 503
+        assert httpx.post(url + "/platform/plugins/cmms_tools/start").json()["status"] == (
+            "running"
+        )
+        # Upgrade the installed distribution under the running gateway, then reload.
+        # Upgrade the installed distribution under the running gateway, then reload.
+        (plugin_source / "cmms_tools" / "main.py").write_text(PLUGIN_MAIN.format(generation=2))
+        pyproject = plugin_source / "pyproject.toml"
+        pyproject.write_text(pyproject.read_text().replace("3.1.4", "3.2.0"))
+        pip_install(python, plugin_source)
+        reloaded = httpx.post(url + "/platform/plugins/cmms_tools/reload")
+        assert reloaded.status_code == 200, reloaded.text
+        assert httpx.get(url + "/api/cmms_tools/wrench").json()["generation"] == 2
+        assert httpx.get(url + "/platform/plugins/cmms_tools").json()["version"] == "3.2.0"
+
+        status = subprocess.run(
+            [python, "-m", "chatterfix", "status", "--url", url],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "cmms_tools" in status.stdout
+        assert "running" in status.stdout
+
+
+SLOW_PLUGIN = """
+import anyio
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+import chatterfix
+
+STATE = {"open": False}
+
+
+async def work(request):
+    await anyio.sleep(0.02)
+    if not STATE["open"]:
+        return JSONResponse({"error": "served after shutdown"}, status_code=500)
+    return JSONResponse({"generation": GENERATION})
+
+
+@chatterfix.hookimpl
+def startup(platform):
+    STATE["open"] = True
+
+
+@chatterfix.hookimpl
+def shutdown(platform):
+    STATE["open"] = False
+
+
+@chatterfix.hookimpl
+def register_routes(platform):
+    return [Route("/api/busy/work", work)]
+"""
+
+
+def test_reload_under_load_fails_no_request(tmp_path: Path) -> None:
+    folder = tmp_path / "apps" / "busy"
+    folder.mkdir(parents=True)
+    (folder / "plugin.json").write_text(json.dumps({"name": "busy", "version": "1.0.0"}))
+    (folder / "main.py").write_text("GENERATION = 0\n" + SLOW_PLUGIN)
+
+    async def load_and_reload(url: str) -> tuple[int, list[str], set[int]]:
+        failures: list[str] = []
+        generations: set[int] = set()
+        done = 0
+        stop = anyio.Event()
+
+        async def hammer(client: httpx.AsyncClient) -> None:
+            nonlocal done
+            while not stop.is_set():
+                response = await client.get(url + "/api/busy/work")
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code} {response.text}")
+                else:
+                    generations.add(response.json()["generation"])
+                done += 1
+
+        limits = httpx.Limits(max_connections=16)
+        async with (
+            httpx.AsyncClient(limits=limits, timeout=10) as client,
+            anyio.create_task_group() as group,
+        ):
+            for _ in range(8):
+                group.start_soon(hammer, client)
+            for generation in range(1, 6):
+                await anyio.sleep(0.3)
+                (folder / "main.py").write_text(f"GENERATION = {generation}\n" + SLOW_PLUGIN)
+                reply = await client.post(url + "/platform/plugins/busy/reload")
+                if reply.status_code != 200:
+                    failures.append(f"reload: {reply.text}")
+            await anyio.sleep(0.3)
+            stop.set()
+        return done, failures, generations
+
+    with gateway(sys.executable, "--plugins-dir", str(tmp_path / "apps"), cwd=tmp_path) as url:
+        done, failures, generations = anyio.run(load_and_reload, url)
+    assert failures == []
+    assert done > 200
+    assert generations == {0, 1, 2, 3, 4, 5}
+
+
+def test_cli_help_does_not_import_the_web_stack() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        from chatterfix.cli import main
+        try:
+            main(["--help"])
+        except SystemExit:
+            pass
+        web_stack = ("starlette", "sqlalchemy", "uvicorn", "httpx")
+        heavy = sorted(name for name in web_stack if name in sys.modules)
+        print("HEAVY", heavy)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert "HEAVY []" in result.stdout
+    assert "start" in result.stdout and "hooks" in result.stdout
+
+
+def test_start_with_reload_serves_a_plugins_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "apps" / "gauges"
+    folder.mkdir(parents=True)
+    (folder / "plugin.json").write_text(json.dumps({"name": "gauges"}))
+    (folder / "main.py").write_text(
+        PLUGIN_MAIN.format(generation=7).replace("cmms_tools", "gauges")
+    )
+    apps = str(tmp_path / "apps")
+    with gateway(sys.executable, "--reload", "--plugins-dir", apps, cwd=tmp_path) as url:
+        assert httpx.get(url + "/api/gauges/wrench").json()["generation"] == 7
