@@ -465,3 +465,15 @@ def test_duplicate_names_keep_the_first(make_folder_plugin: Callable[..., Path])
     )
     assert platform.plugins.get("dup").origin == "folder"
     assert "already taken" in platform.plugins.load_errors[0].message
+
+
+async def test_reload_refuses_a_renamed_manifest(
+    make_folder_plugin: Callable[..., Path], serve: Any
+) -> None:
+    folder = make_folder_plugin("named", route_plugin("named"))
+    async with serve(folder_platform(folder)) as client:
+        (folder / "named" / "plugin.json").write_text('{"name": "renamed"}')
+        failed = await client.post("/platform/plugins/named/reload")
+        assert failed.status_code == 409
+        assert "now names it 'renamed'" in failed.json()["error"]["message"]
+        assert (await client.get("/api/named/answer")).status_code == 200

@@ -309,3 +309,20 @@ def test_start_with_reload_serves_a_plugins_folder(tmp_path: Path) -> None:
     apps = str(tmp_path / "apps")
     with gateway(sys.executable, "--reload", "--plugins-dir", apps, cwd=tmp_path) as url:
         assert httpx.get(url + "/api/gauges/wrench").json()["generation"] == 7
+
+
+def test_sigterm_runs_plugin_shutdown_hooks(tmp_path: Path) -> None:
+    folder = tmp_path / "apps" / "recorder"
+    folder.mkdir(parents=True)
+    (folder / "plugin.json").write_text(json.dumps({"name": "recorder"}))
+    marker = tmp_path / "shutdown.txt"
+    (folder / "main.py").write_text(
+        "import chatterfix\n\n"
+        "@chatterfix.hookimpl\n"
+        "async def shutdown(platform):\n"
+        f"    open({str(marker)!r}, 'w').write('bye')\n"
+    )
+    with gateway(sys.executable, "--plugins-dir", str(tmp_path / "apps"), cwd=tmp_path) as url:
+        assert httpx.get(url + "/platform/plugins/recorder").json()["status"] == "running"
+        assert not marker.exists()
+    assert marker.read_text() == "bye"

@@ -427,11 +427,16 @@ class PluginRegistry:
             raise PluginActionError(f"plugin {name!r} is disabled")
         saved = _purge_modules(old.candidate.module_prefixes)
         new = self._load(old.candidate)
-        if new is None:
+        if new is None or new.name != name:
+            _purge_modules(old.candidate.module_prefixes)
             _restore_modules(saved)
+            reason = (
+                self.load_errors[-1].message
+                if new is None
+                else f"the manifest now names it {new.name!r}; restart the platform to rename"
+            )
             raise PluginActionError(
-                f"reload of {name!r} failed, previous code keeps running: "
-                f"{self.load_errors[-1].message}"
+                f"reload of {name!r} failed, previous code keeps running: {reason}"
             )
         if old.plugin is not None:
             self.pm.unregister(old.plugin)

@@ -102,7 +102,9 @@ class Gateway:
             for entry in record.middleware
         ]
         app = Starlette(
-            routes=[*PLATFORM_ROUTES, *plugin_routes],
+            # Plugin routes first: they carry the traffic, and no plugin route can shadow a
+            # platform one (collisions are refused when a plugin starts).
+            routes=[*plugin_routes, *PLATFORM_ROUTES],
             middleware=[Middleware(ErrorMiddleware), *plugin_middleware],
             exception_handlers={
                 HTTPException: http_exception_handler,
