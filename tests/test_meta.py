@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from chatterfix import hookspecs
-from chatterfix.plugins import hookspecs_names
+from chatterfix.hookcalls import hookspecs_names
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = sorted(hookspecs_names())

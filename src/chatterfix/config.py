@@ -75,11 +75,11 @@ def parse_env_value(key: str, raw: str) -> Any:
 
 def env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     layer: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG:
-            continue
+    names = [name for name in environ if name.startswith(ENV_PREFIX) and name not in NOT_CONFIG]
+    # Aliases last, so that they win over the nested spelling of the same key.
+    for name in sorted(names, key=lambda name: name in ENV_ALIASES):
         key = ENV_ALIASES.get(name) or name[len(ENV_PREFIX) :].lower().replace("__", ".")
-        _set_path(layer, key, parse_env_value(key, raw))
+        _set_path(layer, key, parse_env_value(key, environ[name]))
     return layer
 
 

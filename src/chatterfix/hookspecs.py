@@ -33,11 +33,13 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def register_routes(platform: Platform) -> Any:
     """Return the HTTP routes this plugin serves.
 
-    Called when the gateway is assembled, and again when the plugin is started or reloaded.
-    Return a list of Starlette ``Route``/``Mount``/``WebSocketRoute`` objects with their full
-    paths; by convention an app serves under ``/api/{plugin_name}/``. Two plugins claiming the
-    same path and method is an error naming both plugins: the later plugin goes to state
-    ``error`` and the earlier keeps its routes.
+    Called each time the plugin starts (at platform start, on ``start`` and on ``reload``),
+    before :func:`startup`; the gateway serves the routes while the plugin runs. Return a
+    list of Starlette ``Route``/``Mount``/``WebSocketRoute`` objects with their full paths;
+    by convention an app serves under ``/api/{plugin_name}/``. Two plugins claiming paths
+    that one request could match (same method) is an error naming both plugins: the plugin
+    starting later goes to state ``error`` and the other keeps its routes. Paths under
+    ``/platform/`` and ``/health`` belong to the platform.
 
     :param platform: the running :class:`~chatterfix.Platform`.
     """
@@ -47,11 +49,14 @@ def register_routes(platform: Platform) -> Any:
 def register_middleware(platform: Platform) -> Any:
     """Return ASGI middleware to wrap around the whole gateway.
 
-    Called when the gateway is assembled. Return a list of ``starlette.middleware.Middleware``
-    entries (or bare middleware classes taking the ASGI app as first argument). Middleware
-    should be pure ASGI; it sees every request, so keep it cheap. Plugin middleware sits
-    inside the platform's own (request id, error handling), so it can rely on a request id
-    and never has to render errors itself.
+    Called each time the plugin starts, before :func:`startup`. Return a list of
+    ``starlette.middleware.Middleware`` entries (or bare middleware classes taking the ASGI
+    app as first argument); each is tried out at once, so a broken entry fails this plugin
+    only. The middleware wraps the whole gateway while the plugin runs; it is built anew
+    whenever the set of running plugins changes, so keep long-lived state elsewhere.
+    Middleware should be pure ASGI; it sees every request, so keep it cheap. Plugin
+    middleware sits inside the platform's own (request id, error handling), so it can rely
+    on a request id and never has to render errors itself.
 
     :param platform: the running :class:`~chatterfix.Platform`.
     """
@@ -132,8 +137,9 @@ def startup(platform: Platform) -> Any:
     """Prepare the plugin to serve.
 
     Called when the plugin starts: at platform start (in dependency order, after every plugin
-    it depends on is running), on ``start`` and on ``reload``. May be async. Raising puts the
-    plugin in state ``error``; its routes are not served.
+    it depends on is running), on ``start`` and on ``reload`` — after its routes and
+    middleware were collected and checked. May be async. Raising puts the plugin in state
+    ``error``; its routes are not served, and :func:`shutdown` is not called.
 
     :param platform: the running :class:`~chatterfix.Platform`.
     """

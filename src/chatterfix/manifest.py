@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
@@ -16,7 +17,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
-NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class AppType(StrEnum):
@@ -45,7 +46,7 @@ class ManifestError(ValueError):
 
 
 def _check_name(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         raise FieldError(
             attribute.name,
             f"{value!r} is not a valid plugin name (letters, digits and underscores, "
@@ -71,7 +72,7 @@ def _check_dependencies(_: Any, attribute: attrs.Attribute[list[str]], value: li
             raise FieldError(
                 attribute.name, f"{item!r} is not a valid dependency: {reason}"
             ) from None
-        if not NAME_PATTERN.match(requirement.name):
+        if not NAME_PATTERN.fullmatch(requirement.name):
             raise FieldError(attribute.name, f"{item!r} does not name a valid plugin")
 
 
@@ -96,7 +97,14 @@ def _check_path(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
 
 
 def _check_url(_: Any, attribute: attrs.Attribute[str | None], value: str | None) -> None:
-    if value is not None and not re.match(r"^https?://[^/\s]+", value):
+    if value is None:
+        return
+    parts = urllib.parse.urlsplit(value)
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or " " in value:
         raise FieldError(attribute.name, f"{value!r} is not an http(s) URL")
 
 

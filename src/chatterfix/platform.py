@@ -16,10 +16,11 @@ import anyio.abc
 import attrs
 
 from chatterfix import __version__
-from chatterfix.config import Config
+from chatterfix.config import Config, ConfigError
 from chatterfix.context import current_platform
 from chatterfix.events.bus import EventBus
 from chatterfix.plugins import PluginRecord, PluginRegistry, PluginState
+from chatterfix.seed import enter_platform, leave_platform
 
 if TYPE_CHECKING:
     import sqlalchemy
@@ -38,23 +39,6 @@ class Permission:
     name: str
     description: str
     plugin: str
-
-
-# The platform entered most recently: what the seed-compatible proxies resolve to outside a
-# request or hook (inside one, the context variable names the platform exactly).
-_entered: list[Platform] = []
-
-
-def active_platform() -> Platform:
-    platform = current_platform.get()
-    if platform is not None:
-        return platform
-    if _entered:
-        return _entered[-1]
-    raise RuntimeError(
-        "no ChatterFix platform is running: start one with `chatterfix start`, "
-        "`async with Platform(...)`, or the chatterfix_platform pytest fixture"
-    )
 
 
 class Platform:
@@ -88,6 +72,7 @@ class Platform:
         self.started = False
         self.started_at: datetime | None = None
         self._started_monotonic = time.monotonic()
+        _check_numbers(self.config)
         folder = plugins_dir if plugins_dir is not None else self.config.get("plugins.dir")
         self.plugins_dir = Path(folder) if folder else None
         self.plugins = PluginRegistry(self)
@@ -187,12 +172,30 @@ class Platform:
             table.to_metadata(self.metadata)
         self.claim_tables(plugin, [table.name for table in tables])
 
+    def contributions_of(self, plugin: str) -> list[tuple[str, str, Any, PluginRecord]]:
+        """A snapshot of what ``plugin`` contributed, for :meth:`restore_contributions`."""
+        return [
+            (kind, name, self._registry(kind)[name], holder)
+            for (kind, name), holder in self._owners.items()
+            if holder.name == plugin
+        ]
+
+    def restore_contributions(
+        self, plugin: str, saved: list[tuple[str, str, Any, PluginRecord]]
+    ) -> None:
+        """Put back a snapshot (a reload failed: the previous generation keeps serving)."""
+        for kind, name, value, holder in saved:
+            self._registry(kind)[name] = value
+            self._owners[kind, name] = holder
+
+    def _registry(self, kind: str) -> dict[str, Any]:
+        return self.permissions if kind == "permission" else self.ai_providers
+
     def remove_contributions(self, owner: PluginRecord) -> None:
         """Drop what ``owner`` (one plugin generation) contributed and still holds."""
         for kind, name in [key for key, holder in self._owners.items() if holder is owner]:
             del self._owners[kind, name]
-            registry = self.permissions if kind == "permission" else self.ai_providers
-            registry.pop(name, None)
+            self._registry(kind).pop(name, None)
 
     # -- gateway ---------------------------------------------------------------------------
 
@@ -242,13 +245,15 @@ class Platform:
         stack = contextlib.AsyncExitStack()
         self._task_group = await stack.enter_async_context(anyio.create_task_group())
         self._exit_stack = stack
-        _entered.append(self)
+        enter_platform(self)
         self.started_at = datetime.now(UTC)
         self._started_monotonic = time.monotonic()
         try:
             with self.activated():
                 await self.plugins.start_all_plugins()
         except BaseException:
+            with anyio.CancelScope(shield=True), self.activated():
+                await self.plugins.stop_all_plugins()
             await self._close()
             raise
         self.started = True
@@ -274,8 +279,7 @@ class Platform:
             await self._close()
 
     async def _close(self) -> None:
-        if self in _entered:
-            _entered.remove(self)
+        leave_platform(self)
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
         if self._exit_stack is not None:
@@ -326,6 +330,7 @@ class Platform:
             if r.state is PluginState.RUNNING and health[r.name]["status"] != "unhealthy"
         )
         total = len(services)
+        debug = bool(self.config.get("platform.debug"))
         return {
             "platform": {"name": self.name, "version": self.version, "uptime": self.uptime},
             "plugins": plugins,
@@ -335,7 +340,10 @@ class Platform:
                 "unhealthy_services": total - healthy,
                 "availability_percentage": round(100.0 * healthy / total, 2) if total else 100.0,
             },
-            "load_errors": [attrs.asdict(error) for error in self.plugins.load_errors],
+            "load_errors": [
+                {**attrs.asdict(error), "traceback": error.traceback if debug else ""}
+                for error in self.plugins.load_errors
+            ],
         }
 
 
@@ -345,3 +353,16 @@ def _utc_now() -> str:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+NUMERIC_KEYS = ("plugins.health_timeout", "plugins.drain_timeout", "events.history_size")
+
+
+def _check_numbers(config: Config) -> None:
+    """Fail early, naming the key and its layer, rather than on the first health check."""
+    for key in NUMERIC_KEYS:
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(
+                f"{key} = {value!r} (from {config.source(key)}): expected a number >= 0"
+            )

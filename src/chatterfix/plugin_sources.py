@@ -12,7 +12,7 @@ import importlib.util
 import json
 import sys
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,12 @@ def manifest_for(
     if isinstance(declared, PluginManifest):
         return declared
     if declared is not None:
+        if not isinstance(declared, Mapping):
+            raise ManifestError(
+                source,
+                MANIFEST_ATTRIBUTE,
+                f"must be a dict or a PluginManifest, got {type(declared).__name__}",
+            )
         return structure_manifest({**defaults, "name": fallback_name, **declared}, source)
     path = _manifest_near(plugin)
     if path is not None:
@@ -203,9 +209,6 @@ def _folder_code(folder: Path, manifest: PluginManifest) -> tuple[str, Path] | N
 
 
 def _folder_prefixes(folder: Path, manifest: PluginManifest) -> tuple[str, ...]:
-    code = _folder_code(folder, manifest)
-    if code and code[0] == "package":
-        return (code[1].name,)
     return (f"{FOLDER_PACKAGE}.{manifest.name}",)
 
 
@@ -225,35 +228,38 @@ def _folder_loader(folder: Path, manifest_path: Path) -> Callable[[], Loaded]:
         kind, path = code
         if kind == "missing":
             raise ManifestError(str(manifest_path), "module", f"{path} does not exist")
-        if kind == "package":
-            root = str(path.parent)
-            if root not in sys.path:
-                sys.path.insert(0, root)
-            return Loaded(importlib.import_module(path.name), manifest)
-        return Loaded(_import_file(manifest.name, folder, path), manifest)
+        return Loaded(_import_folder_code(manifest.name, folder, kind, path), manifest)
 
     return load
 
 
-def _import_file(name: str, folder: Path, path: Path) -> types.ModuleType:
-    """Import ``path`` as ``chatterfix_local_plugins.<name>.<stem>`` so relative imports work
-    and two plugins' ``main.py`` never collide."""
+def _import_folder_code(name: str, folder: Path, kind: str, path: Path) -> types.ModuleType:
+    """Import a folder plugin below ``chatterfix_local_plugins.<name>``.
+
+    Nothing is added to ``sys.path``: a plugin called ``calendar`` or holding a stray
+    ``secrets.py`` cannot shadow the standard library, and two plugins' ``main.py`` never
+    collide. Relative imports inside the plugin work as usual.
+    """
     if FOLDER_PACKAGE not in sys.modules:
         root = types.ModuleType(FOLDER_PACKAGE)
         root.__path__ = []
         sys.modules[FOLDER_PACKAGE] = root
     package_name = f"{FOLDER_PACKAGE}.{name}"
+    if kind == "package":
+        return _exec_module(package_name, path / "__init__.py", package_dir=path)
+    if path.name == "__init__.py":
+        return _exec_module(package_name, path, package_dir=folder)
     package = types.ModuleType(package_name)
     package.__path__ = [str(folder)]
     sys.modules[package_name] = package
-    if path.name == "__init__.py":
-        spec = importlib.util.spec_from_file_location(
-            package_name, path, submodule_search_locations=[str(folder)]
-        )
-        module_name = package_name
-    else:
-        module_name = f"{package_name}.{path.stem}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
+    return _exec_module(f"{package_name}.{path.stem}", path, package_dir=None)
+
+
+def _exec_module(module_name: str, path: Path, package_dir: Path | None) -> types.ModuleType:
+    locations = [str(package_dir)] if package_dir is not None else None
+    spec = importlib.util.spec_from_file_location(
+        module_name, path, submodule_search_locations=locations
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module

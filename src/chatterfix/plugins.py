@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import graphlib
-import inspect
+import json
 import logging
 import sys
 import traceback
@@ -25,7 +25,9 @@ from packaging.version import Version
 
 from chatterfix import hookspecs
 from chatterfix.context import current_plugin_owner, serving_routing
+from chatterfix.events.bus import Subscription
 from chatterfix.events.catalog import SystemEvents
+from chatterfix.hookcalls import AsyncHookRelay, call_impls, hookspecs_names
 from chatterfix.manifest import ManifestError, PluginManifest, structure_manifest
 from chatterfix.plugin_sources import (
     Candidate,
@@ -45,6 +47,7 @@ HEALTH_STATES = ("healthy", "degraded", "unhealthy")
 # A plugin may declare hooks of its own for other plugins to implement (a class or module
 # of functions marked with ``chatterfix.hookspec``), as pytest plugins do with pytest_addhooks.
 HOOKSPECS_ATTRIBUTE = "HOOKSPECS"
+HEALTH_ERROR = "health_check failed: "
 
 
 class PluginState(StrEnum):
@@ -100,9 +103,13 @@ class PluginRecord:
     last_heartbeat: datetime | None = None
     last_health: dict[str, Any] | None = None
 
+    # Subscriptions made while the module was imported (``@event_system.subscribe`` at
+    # module level): renewed on every start of this generation, dropped on stop.
+    import_subscriptions: list[Subscription] = attrs.field(factory=list, repr=False)
+
     @property
     def is_remote(self) -> bool:
-        return self.plugin is None
+        return self.plugin is None and self.manifest.is_remote_capable
 
     @property
     def hooks(self) -> list[str]:
@@ -113,7 +120,7 @@ class PluginRecord:
         self.error_message = message
         self.error_traceback = tb
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, *, tracebacks: bool = True) -> dict[str, Any]:
         return {
             "name": self.name,
             "version": self.manifest.version,
@@ -129,7 +136,7 @@ class PluginRecord:
             "dependencies": self.manifest.dependencies,
             "routes": [path for route in self.routes for path, _ in route_claims(route)],
             "error_message": self.error_message,
-            "error_traceback": self.error_traceback,
+            "error_traceback": self.error_traceback if tracebacks else "",
             "warnings": self.warnings,
             "started_at": _iso(self.started_at),
             "last_heartbeat": _iso(self.last_heartbeat),
@@ -152,7 +159,8 @@ class PluginRegistry:
     """Finds, validates, orders, starts and stops the platform's plugins.
 
     Seed-compatible methods: ``register_plugin``, ``start_all_plugins``,
-    ``get_plugin_status``.
+    ``get_plugin_status``. Lifecycle changes (start, stop, reload) are serialised: one at a
+    time per platform, so two operators clicking at once cannot interleave them.
     """
 
     def __init__(self, platform: Platform) -> None:
@@ -162,7 +170,10 @@ class PluginRegistry:
         self.records: dict[str, PluginRecord] = {}
         self.load_errors: list[LoadError] = []
         self.start_order: list[str] = []
-        self.ahook = AsyncHookRelay(self)
+        self.ahook = AsyncHookRelay(self.pm, self._active_owner)
+        self._discovering = False
+        self._lifecycle: anyio.Lock | None = None
+        self._retiring: set[PluginRecord] = set()
 
     # -- discovery -----------------------------------------------------------------------
 
@@ -180,13 +191,17 @@ class PluginRegistry:
         if plugins_dir is not None:
             sources.append(folder_candidates(plugins_dir))
         sources.append(code_candidates(objects))
-        for source in sources:
-            for item in source:
-                if isinstance(item, ManifestError):
-                    self._load_error(LoadError("?", item.source, str(item)))
-                else:
-                    self.add_candidate(item)
-        self._check_unknown_hooks()
+        self._discovering = True
+        try:
+            for source in sources:
+                for item in source:
+                    if isinstance(item, ManifestError):
+                        self._load_error(LoadError("?", item.source, str(item)))
+                    else:
+                        self.add_candidate(item)
+            self._check_unknown_hooks()
+        finally:
+            self._discovering = False
 
     def add_candidate(self, candidate: Candidate) -> PluginRecord | None:
         if candidate.name in self.records:
@@ -201,35 +216,52 @@ class PluginRegistry:
             )
             return None
         if self._blocked_by_config(candidate.name):
-            placeholder = structure_manifest({"name": candidate.name}, candidate.location)
-            blocked = PluginRecord(
-                candidate.name, candidate.origin, candidate.location, placeholder, candidate
-            )
-            blocked.state = PluginState.DISABLED
-            self.records[candidate.name] = blocked
-            return blocked
+            return self._add_blocked(candidate)
         record = self._load(candidate)
         if record is None or (record.plugin is not None and not self._register(record)):
             return None
         self.records[record.name] = record
         return record
 
+    def _add_blocked(self, candidate: Candidate) -> PluginRecord | None:
+        """A plugin disabled by configuration: listed, never imported."""
+        try:
+            placeholder = structure_manifest({"name": candidate.name}, candidate.location)
+        except ManifestError as exc:
+            self._load_error(LoadError(candidate.name, exc.source, str(exc)))
+            return None
+        record = PluginRecord(
+            candidate.name, candidate.origin, candidate.location, placeholder, candidate
+        )
+        record.state = PluginState.DISABLED
+        self.records[candidate.name] = record
+        return record
+
     def _blocked_by_config(self, name: str) -> bool:
         config = self.platform.config
         # Block lists add up across layers: the environment can disable one more plugin
         # without repeating the config file's list.
-        disabled = {item for _, names in config.layered("plugins.disabled") for item in names}
-        only = config.get("plugins.only") or []
+        disabled = {
+            item for _, value in config.layered("plugins.disabled") for item in _names(value)
+        }
+        only = _names(config.get("plugins.only"))
         return name in disabled or bool(only and name not in only)
 
     def _load(self, candidate: Candidate) -> PluginRecord | None:
+        before = set(sys.modules)
+        owner = current_plugin_owner.set(candidate)
         try:
             with self.platform.activated():
                 loaded = candidate.load()
         except ManifestError as exc:
             self._load_error(LoadError(candidate.name, exc.source, str(exc)))
             return None
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
+            # SystemExit too: a plugin calling sys.exit() or argparse at import time must
+            # not end discovery for everyone else.
+            for name in set(sys.modules) - before:
+                if _under(name, candidate.module_prefixes):
+                    del sys.modules[name]
             self._load_error(
                 LoadError(
                     candidate.name,
@@ -239,6 +271,8 @@ class PluginRegistry:
                 )
             )
             return None
+        finally:
+            current_plugin_owner.reset(owner)
         record = PluginRecord(
             loaded.manifest.name,
             candidate.origin,
@@ -246,6 +280,7 @@ class PluginRegistry:
             loaded.manifest,
             candidate,
             loaded.plugin,
+            import_subscriptions=self.platform.events.take_owned(candidate),
         )
         if not loaded.manifest.enabled:
             record.state = PluginState.DISABLED
@@ -273,7 +308,7 @@ class PluginRegistry:
 
     def _check_unknown_hooks(self, only: PluginRecord | None = None) -> None:
         """pluggy's ``check_pending``, per plugin and with a suggestion for misspellings."""
-        known = list(hookspecs_names())
+        known = hookspecs_names()
         for record in [only] if only else list(self.records.values()):
             unknown = [
                 name
@@ -285,13 +320,14 @@ class PluginRegistry:
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 message = f"unknown hook {name!r} in plugin {record.name!r}{hint}"
-                self._load_error(LoadError(record.name, record.location, message))
                 record.fail(message)
+                self._load_error(LoadError(record.name, record.location, message))
 
     def _load_error(self, error: LoadError) -> None:
         logger.error("plugin load error: %s (%s)", error.message, error.source)
         self.load_errors.append(error)
-        if self.platform.config.get("plugins.strict"):
+        # Strict mode is for discovery: a bad reload at runtime keeps the old code serving.
+        if self._discovering and self.platform.config.get("plugins.strict"):
             raise PluginLoadError(f"{error.source}: {error.message}")
 
     async def register_plugin(self, metadata: PluginManifest | Mapping[str, Any]) -> PluginRecord:
@@ -304,7 +340,8 @@ class PluginRegistry:
         if manifest.name in self.records:
             raise PluginActionError(f"plugin {manifest.name!r} is already registered")
         record = self.add_candidate(remote_candidate(manifest))
-        assert record is not None
+        if record is None:
+            raise PluginActionError(f"plugin {manifest.name!r} could not be registered")
         await self.platform.events.emit(
             SystemEvents.PLUGIN_REGISTERED, _event_data(record), source="platform"
         )
@@ -327,23 +364,26 @@ class PluginRegistry:
     def running(self) -> list[PluginRecord]:
         return [r for r in self.records.values() if r.state is PluginState.RUNNING]
 
-    # -- hook calls ----------------------------------------------------------------------
+    def _active_owner(self, name: str, plugin: object) -> object | None:
+        record = self.records.get(name)
+        if record is None or record.plugin is not plugin:
+            return plugin  # registered on the plugin manager directly
+        return record if record.state in (PluginState.RUNNING, PluginState.STARTING) else None
 
-    async def call(self, record: PluginRecord, hook: str, **kwargs: Any) -> list[Any]:
-        """Call one plugin's implementations of ``hook``, awaiting async ones."""
-        results = []
-        token = current_plugin_owner.set(record)
-        try:
-            for impl in record.hookimpls.get(hook, ()):
-                result = impl.function(*[kwargs[name] for name in impl.argnames])
-                if inspect.isawaitable(result):
-                    result = await result
-                results.append(result)
-        finally:
-            current_plugin_owner.reset(token)
-        return results
+    async def call(
+        self, record: PluginRecord, hook: str, *, in_thread: bool = False, **kwargs: Any
+    ) -> list[Any]:
+        """Call one plugin generation's implementations of ``hook``."""
+        return await call_impls(
+            record, record.hookimpls.get(hook, ()), kwargs, sync_in_thread=in_thread
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
+
+    def _lock(self) -> anyio.Lock:
+        if self._lifecycle is None:
+            self._lifecycle = anyio.Lock()
+        return self._lifecycle
 
     def resolve_order(self) -> list[str]:
         """Topological start order; members of a dependency cycle are put in ``error``."""
@@ -368,103 +408,135 @@ class PluginRegistry:
 
     async def start_all_plugins(self) -> dict[str, str]:
         """Start every enabled, auto-start plugin in dependency order."""
-        for name in self.resolve_order():
-            record = self.records[name]
-            if record.state is PluginState.DISCOVERED and record.manifest.auto_start:
-                await self._start(record)
-        self.platform.routes_changed()
+        async with self._lock():
+            for name in self.resolve_order():
+                record = self.records[name]
+                ready = record.state in (PluginState.DISCOVERED, PluginState.STOPPED)
+                if ready and record.manifest.auto_start:
+                    await self._start(record)
+            self.platform.routes_changed()
         return {name: record.state.value for name, record in self.records.items()}
 
     async def stop_all_plugins(self) -> None:
-        order = self.start_order or list(self.records)
-        for name in reversed(order):
-            record = self.records.get(name)
-            if record is not None and record.state is PluginState.RUNNING:
-                await self._stop(record)
+        """Stop every running plugin in reverse start order, and any generation retiring."""
+        async with self._lock():
+            order = [name for name in self.start_order if name in self.records]
+            order += [name for name in self.records if name not in order]
+            for name in reversed(order):
+                record = self.records[name]
+                if record.state in (PluginState.RUNNING, PluginState.STOPPING):
+                    await self._stop(record)
+            for old in list(self._retiring):
+                await self._stop(old, emit=False)
+            self._retiring.clear()
 
     async def start_plugin(self, name: str) -> PluginRecord:
-        record = self.get(name)
-        if record.state is PluginState.RUNNING:
-            return record
-        if record.state is PluginState.DISABLED:
-            raise PluginActionError(f"plugin {name!r} is disabled")
-        if record.state is PluginState.ERROR and record.plugin is not None:
-            # A fresh attempt: whatever failed before may have been fixed meanwhile.
-            record.error_message = record.error_traceback = ""
-        await self._start(record)
-        self.platform.routes_changed()
+        async with self._lock():
+            record = self.get(name)
+            if record.state is PluginState.RUNNING:
+                return record
+            if record.state is PluginState.DISABLED:
+                raise PluginActionError(f"plugin {name!r} is disabled")
+            await self._start(record)
+            self.platform.routes_changed()
         if record.state is PluginState.ERROR:
             raise PluginActionError(f"plugin {name!r} failed to start: {record.error_message}")
         return record
 
     async def stop_plugin(self, name: str) -> list[str]:
         """Stop a plugin and, first, every running plugin that depends on it."""
-        record = self.get(name)
-        if record.state is not PluginState.RUNNING:
-            raise PluginActionError(f"plugin {name!r} is not running ({record.state.value})")
-        stopped = []
-        for dependent in self._dependents(name):
-            if self.records[dependent].state is PluginState.RUNNING:
-                stopped.append(dependent)
-        stopped.append(name)
-        for member in stopped:
-            self.records[member].state = PluginState.STOPPING
-        old_routes = self.platform.routes_changed()
-        await self.platform.drain(old_routes)
-        for member in stopped:
-            await self._stop(self.records[member])
-        return stopped
+        async with self._lock():
+            record = self.get(name)
+            if record.state is not PluginState.RUNNING:
+                raise PluginActionError(f"plugin {name!r} is not running ({record.state.value})")
+            members = [
+                self.records[dependent]
+                for dependent in self._dependents(name)
+                if self.records[dependent].state is PluginState.RUNNING
+            ]
+            members.append(record)
+            for member in members:
+                member.state = PluginState.STOPPING
+            previous = self.platform.routes_changed()
+            await self.platform.drain(previous)
+            for member in members:
+                await self._stop(member)
+        return [member.name for member in members]
 
     async def reload_plugin(self, name: str) -> PluginRecord:
         """Import the plugin's code afresh and swap it in without failing a request.
 
-        The new generation is started while the old one still serves; the gateway then swaps
-        its routes in one step, and the old generation is shut down once its in-flight
-        requests are done. If anything fails, the old generation keeps serving.
+        A running plugin's new generation is started while the old one still serves; the
+        gateway then swaps its routes in one step, and the old generation is shut down once
+        its in-flight requests are done. A plugin that was not running gets its new code
+        and keeps its state, except one in ``error``, which is started. If anything fails,
+        the old generation keeps serving.
         """
-        old = self.get(name)
-        if old.state is PluginState.DISABLED:
-            raise PluginActionError(f"plugin {name!r} is disabled")
-        saved = _purge_modules(old.candidate.module_prefixes)
-        new = self._load(old.candidate)
-        if new is None or new.name != name:
-            _purge_modules(old.candidate.module_prefixes)
-            _restore_modules(saved)
-            reason = (
-                self.load_errors[-1].message
-                if new is None
-                else f"the manifest now names it {new.name!r}; restart the platform to rename"
-            )
-            raise PluginActionError(
-                f"reload of {name!r} failed, previous code keeps running: {reason}"
-            )
-        if old.plugin is not None:
-            self.pm.unregister(old.plugin)
-        if new.plugin is not None and not self._register(new):
-            self._reinstate(old, saved)
-            raise PluginActionError(f"reload of {name!r} failed: {self.load_errors[-1].message}")
-        self._check_unknown_hooks(new)
-        if new.state is not PluginState.ERROR:
-            await self._start(new, replacing=old)
-        if new.state is not PluginState.RUNNING:
-            self._undo(new)
-            if new.plugin is not None:
-                self.pm.unregister(new.plugin)
-            self._reinstate(old, saved)
-            raise PluginActionError(
-                f"reload of {name!r} failed, previous code keeps running: {new.error_message}"
-            )
-        self.records[name] = new
-        old_routes = self.platform.routes_changed()
-        if old.state is PluginState.RUNNING:
-            old.state = PluginState.STOPPING
-            self.platform.spawn(self._retire, old, old_routes)
+        async with self._lock():
+            old = self.get(name)
+            if old.state is PluginState.DISABLED and old.plugin is None and not old.is_remote:
+                raise PluginActionError(f"plugin {name!r} is disabled by configuration")
+            saved_modules = _purge_modules(old.candidate.module_prefixes)
+            new = self._load(old.candidate)
+            if new is None or new.name != name:
+                _purge_modules(old.candidate.module_prefixes)
+                _restore_modules(saved_modules)
+                reason = (
+                    self.load_errors[-1].message
+                    if new is None
+                    else f"the manifest now names it {new.name!r}; restart the platform to rename"
+                )
+                raise PluginActionError(
+                    f"reload of {name!r} failed, previous code keeps running: {reason}"
+                )
+            await self._swap_in(old, new, saved_modules)
         return new
 
-    async def _retire(self, old: PluginRecord, old_routes: object) -> None:
+    async def _swap_in(
+        self, old: PluginRecord, new: PluginRecord, saved_modules: dict[str, Any]
+    ) -> None:
+        if old.plugin is not None and self.pm.is_registered(old.plugin):
+            self.pm.unregister(old.plugin)
+        failure = None
+        if new.plugin is not None and not self._register(new):
+            failure = self.load_errors[-1].message
+        else:
+            self._check_unknown_hooks(new)
+        start = new.state is not PluginState.DISABLED and old.state in (
+            PluginState.RUNNING,
+            PluginState.ERROR,
+        )
+        if failure is None and new.state is not PluginState.ERROR and start:
+            saved = self.platform.contributions_of(old.name)
+            await self._start(new, replacing=old)
+            if new.state is not PluginState.RUNNING:
+                self.platform.restore_contributions(old.name, saved)
+        if failure is not None or new.state is PluginState.ERROR:
+            if new.plugin is not None and self.pm.is_registered(new.plugin):
+                self.pm.unregister(new.plugin)
+            self._reinstate(old, saved_modules)
+            raise PluginActionError(
+                f"reload of {old.name!r} failed, previous code keeps running: "
+                f"{failure or new.error_message}"
+            )
+        if not start and new.state is not PluginState.DISABLED:
+            new.state = old.state if old.state is not PluginState.STOPPING else PluginState.STOPPED
+        self.records[old.name] = new
+        self.load_errors = [error for error in self.load_errors if error.name != old.name]
+        previous = self.platform.routes_changed()
+        if old.state is PluginState.RUNNING:
+            old.state = PluginState.STOPPING
+            # Events switch over with the routes; only requests in flight drain.
+            self.platform.events.unsubscribe_owner(old)
+            self._retiring.add(old)
+            self.platform.spawn(self._retire, old, previous)
+
+    async def _retire(self, old: PluginRecord, previous_routing: object) -> None:
         serving_routing.set(None)  # this task serves no request: wait for all of them
-        await self.platform.drain(old_routes)
-        await self._stop(old, emit=False)
+        await self.platform.drain(previous_routing)
+        if old in self._retiring:
+            self._retiring.discard(old)
+            await self._stop(old, emit=False)
 
     def _reinstate(self, old: PluginRecord, saved: dict[str, Any]) -> None:
         _purge_modules(old.candidate.module_prefixes)
@@ -473,17 +545,18 @@ class PluginRegistry:
             self.pm.register(old.plugin, name=old.name)
 
     def _dependents(self, name: str) -> list[str]:
-        """Plugins depending on ``name``, directly or not, those furthest away first."""
-        found: list[str] = []
+        """Plugins depending on ``name``, directly or not, in the order to stop them."""
+        found: set[str] = set()
         frontier = [name]
         while frontier:
             current = frontier.pop()
             for other, record in self.records.items():
                 needs = {req.name for req in record.manifest.requirements}
                 if current in needs and other not in found:
-                    found.append(other)
+                    found.add(other)
                     frontier.append(other)
-        return list(reversed(found))
+        order = self.start_order + [n for n in self.records if n not in self.start_order]
+        return [other for other in reversed(order) if other in found]
 
     def _dependency_problem(self, record: PluginRecord) -> str | None:
         for requirement in record.manifest.requirements:
@@ -507,15 +580,21 @@ class PluginRegistry:
         return None
 
     async def _start(self, record: PluginRecord, replacing: PluginRecord | None = None) -> None:
+        """Run the start sequence; on any failure the plugin ends in ``error``, cleaned up.
+
+        Routes and middleware are collected and checked *before* ``startup``, so a plugin
+        whose routes collide never acquires resources that would need a ``shutdown``.
+        """
         problem = self._dependency_problem(record)
         if problem:
             record.fail(problem)
             await self._emit_error(record)
             return
         record.state = PluginState.STARTING
+        record.error_message = record.error_traceback = ""
         platform = self.platform
         step = "config_schema"
-        released_tables: list[Any] = []
+        released_tables: list[Any] | None = None
         try:
             with platform.activated():
                 schema = dict(record.manifest.config_schema)
@@ -523,51 +602,54 @@ class PluginRegistry:
                     schema.update(extra or {})
                 platform.config.add_schema_defaults(record.name, schema)
                 step = "register_models"
-                metadata = platform.metadata
                 released_tables = platform.release_tables(record.name)
+                metadata = platform.metadata
                 before = set(metadata.tables)
                 for result in await self.call(record, "register_models", metadata=metadata):
                     _attach_tables(metadata, result)
                 platform.claim_tables(record.name, set(metadata.tables) - before)
                 step = "register_permissions"
-                self._collect_permissions(record)
+                platform.add_permissions(record, dict.fromkeys(record.manifest.permissions, ""))
                 for result in await self.call(record, "register_permissions", platform=platform):
                     platform.add_permissions(record, _as_permissions(result))
                 step = "register_ai_providers"
                 for result in await self.call(record, "register_ai_providers", platform=platform):
                     platform.add_ai_providers(record, result)
                 step = "register_event_handlers"
+                for subscription in record.import_subscriptions:
+                    platform.events.subscribe(
+                        subscription.pattern,
+                        subscription.handler,
+                        priority=subscription.priority,
+                        owner=record,
+                    )
                 for result in await self.call(record, "register_event_handlers", platform=platform):
                     for event_type, handler in result or ():
                         platform.events.subscribe(event_type, handler, owner=record)
-                step = "startup"
-                await self.call(record, "startup", platform=platform)
                 step = "register_routes"
                 routes = await self._routes_of(record)
                 step = "register_middleware"
-                record.middleware = [
-                    entry
-                    for result in await self.call(record, "register_middleware", platform=platform)
-                    for entry in (result or ())
-                ]
-        except Exception as exc:
-            record.fail(f"{step} failed: {type(exc).__name__}: {exc}", _short_traceback())
-            if step != "config_schema":
+                middleware = await self._middleware_of(record)
+                step = "routes"
+                self._check_conflicts(record, routes, replacing or record)
+                step = "startup"
+                await self.call(record, "startup", platform=platform)
+        except BaseException as exc:
+            if isinstance(exc, RouteConflict):
+                record.fail(str(exc))
+            else:
+                reason = "cancelled" if not isinstance(exc, Exception) else type(exc).__name__
+                record.fail(f"{step} failed: {reason}: {exc}", _short_traceback())
+            if released_tables is not None:
                 platform.restore_tables(record.name, released_tables)
             self._undo(record)
-            await self._emit_error(record)
             logger.error("plugin %s: %s", record.name, record.error_message)
-            return
-        conflict = self._route_conflict(routes, replacing or record)
-        if conflict:
-            path, method, owner = conflict
-            record.fail(
-                f"route {method} {path} of plugin {record.name!r} collides with plugin {owner!r}"
-            )
-            await self._stop(record, emit=False, final_state=PluginState.ERROR)
+            if not isinstance(exc, Exception):
+                raise
             await self._emit_error(record)
             return
         record.routes = routes
+        record.middleware = middleware
         record.state = PluginState.RUNNING
         record.started_at = record.last_heartbeat = _now()
         await platform.events.emit(
@@ -579,15 +661,35 @@ class PluginRegistry:
 
         routes: list[Any] = []
         for result in await self.call(record, "register_routes", platform=self.platform):
-            for route in result or ():
+            items = [result] if isinstance(result, BaseRoute) else list(result or ())
+            for route in items:
                 if not isinstance(route, BaseRoute):
                     raise TypeError(f"register_routes must return Starlette routes, got {route!r}")
                 routes.append(route)
         return routes
 
-    def _route_conflict(
-        self, routes: list[Any], replacing: PluginRecord
-    ) -> tuple[str, str, str] | None:
+    async def _middleware_of(self, record: PluginRecord) -> list[Any]:
+        """Collect and try out the plugin's middleware, so a broken entry fails this plugin
+        now instead of breaking the gateway's next rebuild for everyone."""
+        from starlette.middleware import Middleware
+
+        entries = [
+            entry if isinstance(entry, Middleware) else Middleware(entry)
+            for result in await self.call(record, "register_middleware", platform=self.platform)
+            for entry in (result or ())
+        ]
+
+        async def inner(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
+            return None
+
+        app: Any = inner
+        for cls, args, kwargs in reversed(entries):
+            app = cls(app, *args, **kwargs)
+        return entries
+
+    def _check_conflicts(
+        self, record: PluginRecord, routes: list[Any], replacing: PluginRecord
+    ) -> None:
         taken: dict[tuple[str, str], str] = {
             claim: "platform" for claim in self.platform.reserved_route_claims()
         }
@@ -597,23 +699,19 @@ class PluginRegistry:
             for route in other.routes:
                 for claim in route_claims(route):
                     taken[claim] = other.name
-        return find_conflict(routes, taken)
-
-    def _collect_permissions(self, record: PluginRecord) -> None:
-        self.platform.add_permissions(record, {name: "" for name in record.manifest.permissions})
+        conflict = find_conflict(routes, taken)
+        if conflict:
+            path, method, owner = conflict
+            raise RouteConflict(
+                f"route {method} {path} of plugin {record.name!r} collides with plugin {owner!r}"
+            )
 
     def _undo(self, record: PluginRecord) -> None:
         """Forget what a generation registered with the shared registries."""
         self.platform.events.unsubscribe_owner(record)
         self.platform.remove_contributions(record)
 
-    async def _stop(
-        self,
-        record: PluginRecord,
-        *,
-        emit: bool = True,
-        final_state: PluginState = PluginState.STOPPED,
-    ) -> None:
+    async def _stop(self, record: PluginRecord, *, emit: bool = True) -> None:
         record.state = PluginState.STOPPING
         try:
             with self.platform.activated():
@@ -622,10 +720,9 @@ class PluginRegistry:
             logger.error("plugin %s: shutdown failed: %s", record.name, exc)
             record.error_message = f"shutdown failed: {type(exc).__name__}: {exc}"
             record.error_traceback = _short_traceback()
-        self.platform.events.unsubscribe_owner(record)
-        self.platform.remove_contributions(record)
-        record.state = final_state
-        if final_state is PluginState.STOPPED:
+        finally:
+            self._undo(record)
+            record.state = PluginState.STOPPED
             record.routes = []
             record.middleware = []
         if emit:
@@ -641,12 +738,12 @@ class PluginRegistry:
     # -- health --------------------------------------------------------------------------
 
     async def check_health(self) -> dict[str, dict[str, Any]]:
-        """Run every running plugin's ``health_check`` concurrently, with a timeout."""
-        timeout = float(self.platform.config.get("plugins.health_timeout", 5.0))
+        """Run every running plugin's ``health_check`` concurrently, with a time limit."""
+        limit = float(self.platform.config.get("plugins.health_timeout"))
         results: dict[str, dict[str, Any]] = {}
 
         async def check(record: PluginRecord) -> None:
-            results[record.name] = await self._health_of(record, timeout)
+            results[record.name] = await self._health_of(record, limit)
 
         async with anyio.create_task_group() as group:
             for record in self.running():
@@ -666,18 +763,40 @@ class PluginRegistry:
         else:
             try:
                 with anyio.fail_after(limit):
-                    outcome = await self.call(record, "health_check", platform=self.platform)
+                    outcome = await self.call(
+                        record, "health_check", in_thread=True, platform=self.platform
+                    )
                 result = _valid_health(outcome[-1] if outcome else None)
             except TimeoutError:
                 result = {"status": "unhealthy", "error": f"health check timed out ({limit}s)"}
+                record.error_message = f"{HEALTH_ERROR}{result['error']}"
             except Exception as exc:
                 result = {"status": "unhealthy", "error": f"{type(exc).__name__}: {exc}"}
-                record.error_message = f"health_check failed: {result['error']}"
+                record.error_message = f"{HEALTH_ERROR}{result['error']}"
                 record.error_traceback = _short_traceback()
         if result["status"] != "unhealthy":
             record.last_heartbeat = _now()
+            if record.error_message.startswith(HEALTH_ERROR):
+                record.error_message = record.error_traceback = ""
         record.last_health = result
         return {**result, "state": record.state.value}
+
+
+class RouteConflict(RuntimeError):
+    pass
+
+
+def _names(value: Any) -> list[str]:
+    """A list of plugin names from config: a list, or a comma-separated string."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, list | tuple | set):
+        return [str(item) for item in value]
+    return []
+
+
+def _under(module_name: str, prefixes: Iterable[str]) -> bool:
+    return any(module_name == p or module_name.startswith(p + ".") for p in prefixes)
 
 
 def _valid_health(value: Any) -> dict[str, Any]:
@@ -687,7 +806,9 @@ def _valid_health(value: Any) -> dict[str, Any]:
             "error": f"health_check must return {{'status': one of {HEALTH_STATES}}}, "
             f"got {value!r}",
         }
-    return dict(value)
+    # Details go out as JSON: anything else (a datetime, a Decimal) is shown as text.
+    details: dict[str, Any] = json.loads(json.dumps(dict(value), default=str))
+    return details
 
 
 def _event_data(record: PluginRecord) -> dict[str, Any]:
@@ -721,10 +842,6 @@ def _attach_tables(metadata: Any, result: Any) -> None:
             table.to_metadata(metadata)
 
 
-def hookspecs_names() -> Iterable[str]:
-    return [name for name, value in vars(hookspecs).items() if hasattr(value, "chatterfix_spec")]
-
-
 def _unmarked_hook_warnings(plugin: object, pm: pluggy.PluginManager) -> list[str]:
     warnings = []
     for name in hookspecs_names():
@@ -737,53 +854,8 @@ def _unmarked_hook_warnings(plugin: object, pm: pluggy.PluginManager) -> list[st
 
 
 def _purge_modules(prefixes: Iterable[str]) -> dict[str, Any]:
-    removed = {}
-    for prefix in prefixes:
-        for module_name in list(sys.modules):
-            if module_name == prefix or module_name.startswith(prefix + "."):
-                removed[module_name] = sys.modules.pop(module_name)
-    return removed
+    return {name: sys.modules.pop(name) for name in list(sys.modules) if _under(name, prefixes)}
 
 
 def _restore_modules(saved: dict[str, Any]) -> None:
     sys.modules.update(saved)
-
-
-class AsyncHookRelay:
-    """``registry.ahook.<name>(**kwargs)``: call a hook on every active plugin, awaiting
-    async implementations, in pluggy's order (last registered first, honouring
-    ``tryfirst``/``trylast``). For a ``firstresult`` hook the first non-``None`` *awaited*
-    result wins — pluggy alone would stop at the first coroutine object.
-    """
-
-    def __init__(self, registry: PluginRegistry) -> None:
-        self._registry = registry
-
-    def __getattr__(self, name: str) -> Any:
-        caller = getattr(self._registry.pm.hook, name)
-
-        async def call(**kwargs: Any) -> Any:
-            firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
-            results = []
-            for impl in reversed(caller.get_hookimpls()):
-                if impl.wrapper or impl.hookwrapper:
-                    raise TypeError(f"hook wrappers are not supported in async calls ({name})")
-                record = self._registry.records.get(impl.plugin_name)
-                if record is not None and record.state not in (
-                    PluginState.RUNNING,
-                    PluginState.STARTING,
-                ):
-                    continue
-                missing = [arg for arg in impl.argnames if arg not in kwargs]
-                if missing:
-                    raise TypeError(f"hook {name!r} call must provide argument(s) {missing}")
-                result = impl.function(*[kwargs[arg] for arg in impl.argnames])
-                if inspect.isawaitable(result):
-                    result = await result
-                if result is not None:
-                    if firstresult:
-                        return result
-                    results.append(result)
-            return None if firstresult else results
-
-        return call

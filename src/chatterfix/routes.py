@@ -27,22 +27,42 @@ def route_claims(route: Any) -> Iterator[tuple[str, str]]:
 PREFIX_SUFFIX = "/{path:path}"
 
 
+def _segments(path: str) -> list[str]:
+    return path.strip("/").split("/") if path.strip("/") else []
+
+
+def _is_param(segment: str) -> bool:
+    return segment.startswith("{") and segment.endswith("}")
+
+
+def _is_rest(segment: str) -> bool:
+    """A ``{name:path}`` parameter: it matches the rest of the path, slashes included."""
+    return _is_param(segment) and segment[1:-1].partition(":")[2] == "path"
+
+
 def _overlaps(path: str, other: str) -> bool:
-    """Same path, or one of them is a prefix claim (a mount) that covers the other."""
-    if path == other:
-        return True
-    for prefix_claim, concrete in ((path, other), (other, path)):
-        if prefix_claim.endswith(PREFIX_SUFFIX):
-            prefix = prefix_claim[: -len(PREFIX_SUFFIX)]
-            if concrete == prefix or concrete.startswith(prefix + "/"):
-                return True
-    return False
+    """Whether some request path could match both templates (parameters match anything)."""
+    left, right = _segments(path), _segments(other)
+    for index in range(max(len(left), len(right))):
+        a = left[index] if index < len(left) else None
+        b = right[index] if index < len(right) else None
+        if (a is not None and _is_rest(a)) or (b is not None and _is_rest(b)):
+            return True
+        if a is None or b is None:
+            return False
+        if a != b and not (_is_param(a) or _is_param(b)):
+            return False
+    return True
 
 
 def find_conflict(
     routes: Iterable[Any], taken: dict[tuple[str, str], str]
 ) -> tuple[str, str, str] | None:
-    """The first ``(path, method, owner)`` among ``routes`` already claimed in ``taken``."""
+    """The first ``(path, method, owner)`` among ``routes`` already claimed in ``taken``.
+
+    ``/api/items/{id}`` and ``/api/items/{item_id}`` collide, and so do ``/api/items/new``
+    and ``/api/items/{id}``: whichever was matched first would silently shadow the other.
+    """
     for route in routes:
         for path, method in route_claims(route):
             for (other_path, other_method), owner in taken.items():

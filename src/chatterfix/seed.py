@@ -10,7 +10,38 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from chatterfix.context import current_platform
+
+if TYPE_CHECKING:
+    from chatterfix.platform import Platform
+
+# Platforms entered with ``async with`` and not yet exited, most recent last: what the
+# proxies resolve to outside a request or hook (inside one, the context variable names the
+# platform exactly). With the proxies below, the only module-level state of the package.
+_entered: list[Platform] = []
+
+
+def enter_platform(platform: Platform) -> None:
+    _entered.append(platform)
+
+
+def leave_platform(platform: Platform) -> None:
+    if platform in _entered:
+        _entered.remove(platform)
+
+
+def active_platform() -> Platform:
+    platform = current_platform.get()
+    if platform is not None:
+        return platform
+    if _entered:
+        return _entered[-1]
+    raise RuntimeError(
+        "no ChatterFix platform is running: start one with `chatterfix start`, "
+        "`async with Platform(...)`, or the chatterfix_platform pytest fixture"
+    )
 
 
 class _Proxy:
@@ -19,11 +50,11 @@ class _Proxy:
         object.__setattr__(self, "_resolve", resolve)
 
     def _target(self) -> Any:
-        from chatterfix.platform import active_platform
-
         return self._resolve(active_platform())
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)  # copy, pickle and hasattr probes: not the platform's
         return getattr(self._target(), name)
 
     def __setattr__(self, name: str, value: Any) -> None:

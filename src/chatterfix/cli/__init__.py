@@ -28,7 +28,9 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class PluginCommandsGroup(click.RichGroup):
-    """The root group; commands from plugins' ``register_commands`` join on first lookup."""
+    """The root group; commands from plugins' ``register_commands`` join when a name is not
+    a built-in command. Listing (``--help``) never imports plugins: their code could pull in
+    anything, and help must stay instant."""
 
     _plugins_loaded = False
 
@@ -41,10 +43,6 @@ class PluginCommandsGroup(click.RichGroup):
         from chatterfix.cli.plugin_commands import add_plugin_commands
 
         add_plugin_commands(self)
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        self._load_plugin_commands()
-        return super().list_commands(ctx)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
@@ -62,6 +60,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     """**ChatterFix**: build AI-powered CMMS apps as plugins and serve them through one gateway.
 
     Start the gateway with `chatterfix start`, then open http://127.0.0.1:8000/platform/status.
+    Plugins can add commands of their own: `chatterfix list` shows which; run them by name.
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
@@ -70,6 +69,8 @@ def cli(ctx: click.Context, verbose: bool) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 plugins_dir_option = click.option(
@@ -134,4 +135,10 @@ def info(as_json: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    return cli.main(args=argv, prog_name="chatterfix")
+    from chatterfix.config import ConfigError
+
+    try:
+        return cli.main(args=argv, prog_name="chatterfix", standalone_mode=True)
+    except ConfigError as exc:  # a broken chatterfix.toml: say where, not a traceback
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-
-def add_plugin_commands(group: click.Group) -> None:
-    """Let each plugin add commands; a plugin that fails is reported and skipped."""
+if TYPE_CHECKING:
     from chatterfix.platform import Platform
 
-    try:
-        platform = Platform()
-    except Exception as exc:  # strict mode: report, keep the built-in commands usable
-        print(f"warning: plugins not loaded: {exc}", file=sys.stderr)
-        return
-    builtin = set(group.commands)
+
+def commands_by_plugin(platform: Platform) -> dict[str, dict[str, click.Command]]:
+    """Each plugin's commands; a plugin whose hook fails is reported and skipped."""
+    found: dict[str, dict[str, click.Command]] = {}
     for record in platform.plugins.records.values():
         for impl in record.hookimpls.get("register_commands", ()):
             scratch = click.Group()
@@ -28,11 +25,25 @@ def add_plugin_commands(group: click.Group) -> None:
                     file=sys.stderr,
                 )
                 continue
-            for name, command in scratch.commands.items():
-                if name in builtin or name in group.commands:
-                    print(
-                        f"warning: plugin {record.name!r}: command {name!r} is taken; skipped",
-                        file=sys.stderr,
-                    )
-                    continue
-                group.add_command(command, name)
+            found.setdefault(record.name, {}).update(scratch.commands)
+    return found
+
+
+def add_plugin_commands(group: click.Group) -> None:
+    """Add every plugin's commands to ``group``; a name already taken is skipped."""
+    from chatterfix.platform import Platform
+
+    try:
+        platform = Platform()
+    except Exception as exc:  # strict mode or bad config: keep the built-in commands usable
+        print(f"warning: plugins not loaded: {exc}", file=sys.stderr)
+        return
+    for plugin, commands in commands_by_plugin(platform).items():
+        for name, command in commands.items():
+            if name in group.commands:
+                print(
+                    f"warning: plugin {plugin!r}: command {name!r} is taken; skipped",
+                    file=sys.stderr,
+                )
+                continue
+            group.add_command(command, name)

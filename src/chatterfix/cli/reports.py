@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import platform as host_platform
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,12 +63,23 @@ def show_plugins(plugins_dir: Path | None, as_json: bool) -> None:
     from chatterfix.platform import Platform
     from chatterfix.plugins import PluginLoadError
 
+    plugin_log = logging.getLogger("chatterfix.plugins")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.CRITICAL)  # load errors are in the table below
     try:
         platform = Platform(plugins_dir=plugins_dir)
     except PluginLoadError as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        plugin_log.setLevel(level)
+    from chatterfix.cli.plugin_commands import commands_by_plugin
+
     registry = platform.plugins
-    records = [record.summary() for record in registry.records.values()]
+    commands = commands_by_plugin(platform)
+    records = [
+        {**record.summary(), "commands": sorted(commands.get(record.name, {}))}
+        for record in registry.records.values()
+    ]
     errors = [attrs.asdict(error) for error in registry.load_errors]
     if as_json:
         _print_json({"plugins": records, "load_errors": errors})
@@ -76,6 +89,8 @@ def show_plugins(plugins_dir: Path | None, as_json: bool) -> None:
         note = f"\n[red]{record['error_message']}[/red]" if record["error_message"] else ""
         for warning in record["warnings"]:
             note += f"\n[yellow]{warning}[/yellow]"
+        if record["commands"]:
+            note += "\ncommands: " + ", ".join(record["commands"])
         table.add_row(
             record["name"],
             record["version"],
@@ -93,17 +108,21 @@ def show_plugins(plugins_dir: Path | None, as_json: bool) -> None:
 
 def hook_reference() -> list[dict[str, str]]:
     from chatterfix import hookspecs
-    from chatterfix.plugins import hookspecs_names
+    from chatterfix.hookcalls import hookspecs_names
 
     rows = []
     for name in hookspecs_names():
         function = getattr(hookspecs, name)
         doc = inspect.getdoc(function) or ""
         parameters = ", ".join(inspect.signature(function).parameters)
-        rows.append(
-            {"name": name, "signature": f"{name}({parameters})", "summary": doc.split("\n")[0]}
-        )
+        summary = _plain(doc.split("\n")[0])
+        rows.append({"name": name, "signature": f"{name}({parameters})", "summary": summary})
     return rows
+
+
+def _plain(text: str) -> str:
+    """Docstring markup (``code``, :func:`name`) as plain text for the terminal."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
 
 
 def show_hooks(as_json: bool) -> None:

@@ -32,8 +32,8 @@ def serve(
     if plugins_dir is not None:
         os.environ[PLUGINS_DIR_ENV] = str(plugins_dir.resolve())
     config = Config()
-    host = host or str(config.get("gateway.host"))
-    port = port or int(config.get("gateway.port"))
+    host = host if host is not None else str(config.get("gateway.host"))
+    port = port if port is not None else int(config.get("gateway.port"))
     log_level = "debug" if verbose else "info"
     if reload:
         watched = [str(plugins_dir)] if plugins_dir else [os.getcwd()]

@@ -119,6 +119,13 @@ class EventBus:
         self._subscriptions = [item for item in self._subscriptions if item.owner is not owner]
         return before - len(self._subscriptions)
 
+    def take_owned(self, owner: object) -> list[Subscription]:
+        """Remove and return ``owner``'s subscriptions (to renew them under another owner)."""
+        taken = [item for item in self._subscriptions if item.owner is owner]
+        if taken:
+            self._subscriptions = [item for item in self._subscriptions if item.owner is not owner]
+        return taken
+
     def subscriptions(self, owner: object | None = None) -> list[Subscription]:
         return [item for item in self._subscriptions if owner is None or item.owner is owner]
 

@@ -43,19 +43,35 @@ async def platform_status(request: Request) -> Response:
     return JSONResponse(await _platform(request).status())
 
 
+def _debug(platform: Platform) -> bool:
+    """Tracebacks are shown to clients only in debug mode; they are always in the log."""
+    return bool(platform.config.get("platform.debug"))
+
+
+def load_errors(platform: Platform) -> list[dict[str, Any]]:
+    show = _debug(platform)
+    return [
+        {**attrs.asdict(error), "traceback": error.traceback if show else ""}
+        for error in platform.plugins.load_errors
+    ]
+
+
 async def list_plugins(request: Request) -> Response:
-    registry = _platform(request).plugins
+    platform = _platform(request)
+    show = _debug(platform)
     return JSONResponse(
         {
-            "plugins": [record.summary() for record in registry.records.values()],
-            "load_errors": [attrs.asdict(error) for error in registry.load_errors],
+            "plugins": [
+                record.summary(tracebacks=show) for record in platform.plugins.records.values()
+            ],
+            "load_errors": load_errors(platform),
         }
     )
 
 
 def _record_summary(platform: Platform, name: str) -> dict[str, Any]:
     try:
-        return platform.plugins.get(name).summary()
+        return platform.plugins.get(name).summary(tracebacks=_debug(platform))
     except PluginNotFound as exc:
         raise APIError(404, str(exc), "plugin_not_found") from None
 
@@ -118,4 +134,4 @@ PLATFORM_ROUTES = [
 def reserved_claims() -> list[tuple[str, str]]:
     """Paths the platform itself answers; a plugin claiming one is refused."""
     claims = [claim for route in PLATFORM_ROUTES for claim in route_claims(route)]
-    return [*claims, ("/platform/{path:path}", "*")]
+    return [*claims, ("/platform/{path:path}", "*"), ("/health/{path:path}", "*")]

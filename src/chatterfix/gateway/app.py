@@ -131,12 +131,23 @@ class Gateway:
         if len(parts) < 3 or parts[1] != "api":
             return None
         record = self.platform.plugins.records.get(parts[2])
-        if record is None or record.state is PluginState.RUNNING:
+        if record is None:
             return None
+        if record.state is PluginState.RUNNING:
+            if not record.is_remote:
+                return None
+            where = record.manifest.url or f"port {record.manifest.port}"
+            return error_response(
+                501,
+                f"plugin {record.name!r} is a remote app at {where}; "
+                "this gateway version does not proxy to remote apps",
+                "remote_proxy_unavailable",
+                plugin=record.name,
+            )
         detail = f": {record.error_message}" if record.error_message else ""
         return error_response(
             503,
-            f"plugin {record.name!r} is {record.state.value}{detail}",
+            f"plugin {record.name!r} is not running (state {record.state.value}{detail})",
             "plugin_unavailable",
             plugin=record.name,
         )
