@@ -479,3 +479,54 @@ async def test_event_from_a_request_carries_its_request_id(serve: Any) -> None:
     async with serve(platform) as client:
         await client.get("/api/emitter/emit", headers={"X-Request-ID": "req-42"})
     assert seen[0].correlation_id == "req-42"
+
+
+async def test_lifecycle_requests_do_not_wait_for_each_other_to_drain(serve: Any) -> None:
+    platform = Platform(
+        config={"plugins": {"drain_timeout": 60}},
+        plugins=[routes_plugin("one", "/api/one/x"), routes_plugin("two", "/api/two/x")],
+        load_entrypoints=False,
+        builtins=False,
+    )
+    async with serve(platform) as client:
+        with anyio.fail_after(20):  # a drain waiting on its peer would take the full minute
+            responses = await both(
+                client, "/platform/plugins/one/stop", "/platform/plugins/two/stop"
+            )
+    assert sorted(r.json()["plugin"] for r in responses) == ["one", "two"]
+
+
+def test_a_failed_import_leaves_no_subscription(make_folder_plugin: Callable[..., Path]) -> None:
+    code = """
+    from chatterfix import event_system
+
+    @event_system.subscribe("*")
+    def everything(event):
+        raise AssertionError("a plugin that failed to import must not hear events")
+
+    raise RuntimeError("half-imported")
+    """
+    platform = folder_platform(make_folder_plugin("half", code))
+    assert platform.events.subscriptions() == []
+
+
+async def test_reload_enables_a_plugin_its_new_manifest_enables(
+    make_folder_plugin: Callable[..., Path],
+) -> None:
+    folder = make_folder_plugin("later", "", {"name": "later", "enabled": False})
+    async with folder_platform(folder) as platform:
+        (folder / "later" / "plugin.json").write_text('{"name": "later"}')
+        await platform.plugins.reload_plugin("later")
+        assert platform.plugins.get("later").state is PluginState.DISCOVERED
+        await platform.plugins.start_plugin("later")
+        assert platform.plugins.get("later").state is PluginState.RUNNING
+
+
+def test_list_keys_take_json_or_commas() -> None:
+    assert Config(environ={"CHATTERFIX_PLUGINS__DISABLED": '["a,b", "c"]'}).get(
+        "plugins.disabled"
+    ) == ["a,b", "c"]
+    assert Config(environ={"CHATTERFIX_DISABLE_PLUGINS": "a, b"}).get("plugins.disabled") == [
+        "a",
+        "b",
+    ]

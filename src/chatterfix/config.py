@@ -48,7 +48,7 @@ ENV_ALIASES = {
     "CHATTERFIX_DATA_DIR": "platform.data_dir",
 }
 LIST_KEYS = {"plugins.disabled", "plugins.only"}
-NOT_CONFIG = {"CHATTERFIX_CONFIG"}
+NOT_CONFIG = {"CHATTERFIX_CONFIG", "CHATTERFIX_NO_PLUGIN_COMMANDS"}
 SECRET_MARKERS = ("password", "secret", "token", "api_key", "apikey", "private_key")
 
 Watcher = Callable[[str, Any], Any]
@@ -58,9 +58,14 @@ class ConfigError(ValueError):
     """A configuration value or file that cannot be used."""
 
 
+def env_flag(value: str | None) -> bool:
+    """An on/off environment variable: unset, empty, 0, false, no and off mean off."""
+    return (value or "").strip().lower() not in {"", "0", "false", "no", "off"}
+
+
 def parse_env_value(key: str, raw: str) -> Any:
     """Turn an environment string into a value: lists for list keys, JSON scalars otherwise."""
-    if key in LIST_KEYS:
+    if key in LIST_KEYS and not raw.lstrip().startswith("["):
         return [item.strip() for item in raw.split(",") if item.strip()]
     lowered = raw.strip().lower()
     if lowered in {"true", "yes", "on", "1"} and key.endswith(("debug", "strict")):

@@ -114,10 +114,13 @@ def register_ai_providers(platform: Platform) -> Any:
 def register_commands(cli: click.Group) -> Any:
     """Add commands to the ``chatterfix`` command line.
 
-    Called when the CLI starts. Add ``click`` commands or groups to ``cli`` with
-    ``cli.add_command(...)``; a name taken by a built-in command is refused with a warning.
+    Called when the command line is given a command name that is not built in (never for
+    ``--help``, which stays instant). Add ``click`` commands or groups to ``cli`` with
+    ``cli.add_command(...)`` or ``@cli.command()``; they join the root ``chatterfix``
+    command. A name already taken is refused with a warning. Plugins that are disabled or
+    failed to load add no commands.
 
-    :param cli: the root ``chatterfix`` click group.
+    :param cli: a click group whose commands join the root ``chatterfix`` command.
     """
 
 

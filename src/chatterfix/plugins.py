@@ -24,7 +24,7 @@ import pluggy
 from packaging.version import Version
 
 from chatterfix import hookspecs
-from chatterfix.context import current_plugin_owner, serving_routing
+from chatterfix.context import current_plugin_owner
 from chatterfix.events.bus import Subscription
 from chatterfix.events.catalog import SystemEvents
 from chatterfix.hookcalls import AsyncHookRelay, call_impls, hookspecs_names
@@ -262,6 +262,7 @@ class PluginRegistry:
             for name in set(sys.modules) - before:
                 if _under(name, candidate.module_prefixes):
                     del sys.modules[name]
+            self.platform.events.take_owned(candidate)
             self._load_error(
                 LoadError(
                     candidate.name,
@@ -324,7 +325,9 @@ class PluginRegistry:
                 self._load_error(LoadError(record.name, record.location, message))
 
     def _load_error(self, error: LoadError) -> None:
-        logger.error("plugin load error: %s (%s)", error.message, error.source)
+        logger.error(
+            "plugin load error: %s (%s)%s", error.message, error.source, _indented(error.traceback)
+        )
         self.load_errors.append(error)
         # Strict mode is for discovery: a bad reload at runtime keeps the old code serving.
         if self._discovering and self.platform.config.get("plugins.strict"):
@@ -426,9 +429,8 @@ class PluginRegistry:
                 record = self.records[name]
                 if record.state in (PluginState.RUNNING, PluginState.STOPPING):
                     await self._stop(record)
-            for old in list(self._retiring):
-                await self._stop(old, emit=False)
-            self._retiring.clear()
+            while self._retiring:  # popped first, so a finishing drain cannot stop it twice
+                await self._stop(self._retiring.pop(), emit=False)
 
     async def start_plugin(self, name: str) -> PluginRecord:
         async with self._lock():
@@ -515,12 +517,14 @@ class PluginRegistry:
             if new.plugin is not None and self.pm.is_registered(new.plugin):
                 self.pm.unregister(new.plugin)
             self._reinstate(old, saved_modules)
+            kept = ", previous code keeps running" if old.state is PluginState.RUNNING else ""
             raise PluginActionError(
-                f"reload of {old.name!r} failed, previous code keeps running: "
-                f"{failure or new.error_message}"
+                f"reload of {old.name!r} failed{kept}: {failure or new.error_message}"
             )
         if not start and new.state is not PluginState.DISABLED:
-            new.state = old.state if old.state is not PluginState.STOPPING else PluginState.STOPPED
+            # Keep a stopped plugin stopped; one enabled by its new manifest can now start.
+            stopped = (PluginState.STOPPING, PluginState.STOPPED)
+            new.state = PluginState.STOPPED if old.state in stopped else PluginState.DISCOVERED
         self.records[old.name] = new
         self.load_errors = [error for error in self.load_errors if error.name != old.name]
         previous = self.platform.routes_changed()
@@ -532,7 +536,6 @@ class PluginRegistry:
             self.platform.spawn(self._retire, old, previous)
 
     async def _retire(self, old: PluginRecord, previous_routing: object) -> None:
-        serving_routing.set(None)  # this task serves no request: wait for all of them
         await self.platform.drain(previous_routing)
         if old in self._retiring:
             self._retiring.discard(old)
@@ -588,6 +591,7 @@ class PluginRegistry:
         problem = self._dependency_problem(record)
         if problem:
             record.fail(problem)
+            logger.error("plugin %s: %s", record.name, problem)
             await self._emit_error(record)
             return
         record.state = PluginState.STARTING
@@ -643,7 +647,12 @@ class PluginRegistry:
             if released_tables is not None:
                 platform.restore_tables(record.name, released_tables)
             self._undo(record)
-            logger.error("plugin %s: %s", record.name, record.error_message)
+            logger.error(
+                "plugin %s: %s%s",
+                record.name,
+                record.error_message,
+                _indented(record.error_traceback),
+            )
             if not isinstance(exc, Exception):
                 raise
             await self._emit_error(record)
@@ -717,9 +726,14 @@ class PluginRegistry:
             with self.platform.activated():
                 await self.call(record, "shutdown", platform=self.platform)
         except Exception as exc:
-            logger.error("plugin %s: shutdown failed: %s", record.name, exc)
             record.error_message = f"shutdown failed: {type(exc).__name__}: {exc}"
             record.error_traceback = _short_traceback()
+            logger.error(
+                "plugin %s: %s%s",
+                record.name,
+                record.error_message,
+                _indented(record.error_traceback),
+            )
         finally:
             self._undo(record)
             record.state = PluginState.STOPPED
@@ -770,10 +784,12 @@ class PluginRegistry:
             except TimeoutError:
                 result = {"status": "unhealthy", "error": f"health check timed out ({limit}s)"}
                 record.error_message = f"{HEALTH_ERROR}{result['error']}"
+                record.error_traceback = ""
             except Exception as exc:
                 result = {"status": "unhealthy", "error": f"{type(exc).__name__}: {exc}"}
                 record.error_message = f"{HEALTH_ERROR}{result['error']}"
                 record.error_traceback = _short_traceback()
+                logger.warning("plugin %s: %s", record.name, record.error_message)
         if result["status"] != "unhealthy":
             record.last_heartbeat = _now()
             if record.error_message.startswith(HEALTH_ERROR):
@@ -793,6 +809,10 @@ def _names(value: Any) -> list[str]:
     if isinstance(value, list | tuple | set):
         return [str(item) for item in value]
     return []
+
+
+def _indented(text: str) -> str:
+    return "\n" + "\n".join("    " + line for line in text.rstrip().splitlines()) if text else ""
 
 
 def _under(module_name: str, prefixes: Iterable[str]) -> bool:

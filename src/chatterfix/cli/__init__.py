@@ -38,7 +38,9 @@ class PluginCommandsGroup(click.RichGroup):
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
-        if os.environ.get("CHATTERFIX_NO_PLUGIN_COMMANDS"):
+        from chatterfix.config import env_flag
+
+        if env_flag(os.environ.get("CHATTERFIX_NO_PLUGIN_COMMANDS")):
             return
         from chatterfix.cli.plugin_commands import add_plugin_commands
 
@@ -75,7 +77,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 plugins_dir_option = click.option(
     "--plugins-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
     help="Folder of plugins (each sub-folder holds plugin.json and its module).",
 )

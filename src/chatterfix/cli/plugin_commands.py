@@ -13,8 +13,12 @@ if TYPE_CHECKING:
 
 def commands_by_plugin(platform: Platform) -> dict[str, dict[str, click.Command]]:
     """Each plugin's commands; a plugin whose hook fails is reported and skipped."""
+    from chatterfix.plugins import PluginState
+
     found: dict[str, dict[str, click.Command]] = {}
     for record in platform.plugins.records.values():
+        if record.state in (PluginState.DISABLED, PluginState.ERROR):
+            continue
         for impl in record.hookimpls.get("register_commands", ()):
             scratch = click.Group()
             try:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
 from rich.console import Console
 
 PLUGINS_DIR_ENV = "CHATTERFIX_PLUGINS_DIR"
@@ -50,7 +51,7 @@ def serve(
     try:
         platform = Platform(config=config)
     except PluginLoadError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     registry = platform.plugins
     console.print(

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from chatterfix.gateway.errors import APIError
+from chatterfix.gateway.routing import exempt_from_drain
 from chatterfix.plugins import PluginActionError, PluginNotFound
 from chatterfix.routes import describe, route_claims
 
@@ -89,7 +90,7 @@ async def plugin_action(request: Request) -> Response:
     _record_summary(platform, name)
     registry = platform.plugins
     try:
-        with platform.activated():
+        with platform.activated(), exempt_from_drain():
             if action == "start":
                 await registry.start_plugin(name)
                 affected = [name]

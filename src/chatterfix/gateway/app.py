@@ -15,9 +15,8 @@ import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from chatterfix.context import serving_routing
 from chatterfix.gateway.api import PLATFORM_ROUTES
 from chatterfix.gateway.context import RequestContextMiddleware
 from chatterfix.gateway.errors import (
@@ -27,40 +26,13 @@ from chatterfix.gateway.errors import (
     error_response,
     http_exception_handler,
 )
+from chatterfix.gateway.routing import Routing
 from chatterfix.plugins import PluginState
 
 if TYPE_CHECKING:
     from chatterfix.platform import Platform
 
 logger = logging.getLogger("chatterfix.gateway")
-
-
-class Routing:
-    """One built generation of the gateway, counting the requests it is serving."""
-
-    __slots__ = ("_idle", "app", "in_flight")
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.in_flight = 0
-        self._idle: tuple[int, anyio.Event] | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.in_flight += 1
-        token = serving_routing.set(self)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            serving_routing.reset(token)
-            self.in_flight -= 1
-            if self._idle is not None and self.in_flight <= self._idle[0]:
-                self._idle[1].set()
-
-    async def wait_idle(self, allowance: int = 0) -> None:
-        """Return once at most ``allowance`` requests are still being served."""
-        if self.in_flight > allowance:
-            self._idle = (allowance, anyio.Event())
-            await self._idle[1].wait()
 
 
 class Gateway:
@@ -85,12 +57,10 @@ class Gateway:
     async def drain(self, previous: object, grace: float) -> None:
         """Wait up to ``grace`` seconds for ``previous`` to finish its requests."""
         assert isinstance(previous, Routing)
-        # A stop requested over HTTP is itself in flight on the previous routing.
-        own = 1 if serving_routing.get() is previous else 0
         with anyio.move_on_after(grace):
-            await previous.wait_idle(own)
-        if previous.in_flight > own:
-            logger.warning("%d request(s) still running after %.1fs", previous.in_flight, grace)
+            await previous.wait_idle()
+        if previous.busy:
+            logger.warning("%d request(s) still running after %.1fs", previous.busy, grace)
 
     def _build(self) -> Routing:
         platform = self.platform
