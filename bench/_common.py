@@ -34,10 +34,21 @@ def venv_bin(name: str) -> Path:
     return Path(sys.executable).parent / name
 
 
+PYCACHE_DIR = CACHE_DIR / "pycache"
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """The current environment without any ``CHATTERFIX_*`` setting, plus ``extra``."""
+    """The environment for measured processes, plus ``extra``.
+
+    No ``CHATTERFIX_*`` setting and no ``PYTHONPATH`` leak in. Bytecode caching is on, as in
+    an ordinary installation, even where ``PYTHONDONTWRITEBYTECODE`` is set; the cache lives
+    under ``bench/.cache/pycache`` (``PYTHONPYCACHEPREFIX``) so that source trees are left
+    untouched. Warm-up runs fill it, so measured runs never pay for compiling.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATTERFIX_")}
-    env.pop("PYTHONPATH", None)
+    for name in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPROFILEIMPORTTIME"):
+        env.pop(name, None)
+    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE_DIR)
     env.update(extra)
     return env
 
@@ -123,8 +134,9 @@ def have(tool: str) -> bool:
 
 
 def pinned(cmd: Sequence[str], cpu: int | None) -> list[str]:
-    """``cmd`` prefixed with ``taskset -c cpu`` when taskset exists and a CPU is given."""
-    if cpu is None or not have("taskset"):
+    """``cmd`` prefixed with ``taskset -c cpu`` when taskset exists and that CPU is usable."""
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    if cpu is None or not have("taskset") or cpu not in usable or len(usable) < 2:
         return list(cmd)
     return ["taskset", "-c", str(cpu), *cmd]
 
@@ -148,8 +160,7 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[obje
 
     def line(row: Sequence[str]) -> str:
         parts = [
-            row[i].ljust(widths[i]) if i == 0 else row[i].rjust(widths[i])
-            for i in range(len(row))
+            row[i].ljust(widths[i]) if i == 0 else row[i].rjust(widths[i]) for i in range(len(row))
         ]
         return "  ".join(parts).rstrip()
 
@@ -171,10 +182,21 @@ def machine_info() -> dict[str, Any]:
         "system": f"{platform.system()} {platform.release()}",
         "machine": platform.machine(),
         "executable": sys.executable,
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so that ``finally`` blocks stop the servers."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def arg_parser(description: str) -> argparse.ArgumentParser:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
     return parser

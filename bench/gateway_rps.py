@@ -1,0 +1,304 @@
+"""Requests/s of the ``hello`` plugin route through the gateway against a bare Starlette app.
+
+Servers (each started fresh per run, pinned to CPU 0 when ``taskset`` exists):
+
+* ``gateway``: ``chatterfix start`` serving ``GET /api/hello`` (the built-in ``hello``
+  plugin). ``chatterfix start`` calls ``uvicorn.run(app, log_level="info", lifespan="on")``
+  with every other setting at uvicorn's default: loop and http ``auto`` (uvloop and
+  httptools when installed) and the access log ON. It has no option to change that.
+* ``bare``: ``bench/bare_app.py`` (the same handler in a plain Starlette app) under
+  ``python -m uvicorn`` with the gateway's exact settings: ``--loop auto --http auto
+  --log-level info --lifespan on`` and the access log on. This is the like-for-like baseline.
+* ``bare, quiet``: the bare app with ``--log-level warning --no-access-log``.
+* ``gateway, quiet``: the same gateway through the public embedding factory
+  ``chatterfix.cli.serve:create_app`` (``Platform().asgi_app``) under ``python -m uvicorn
+  --factory --log-level warning --no-access-log``: what the gateway costs without logging.
+
+Server output goes to /dev/null in every case. Load comes from ``wrk -t1 -c32 -d10s
+--latency`` in another process, pinned to CPU 1, after a 2 s warm-up run of wrk. Each
+server is measured ``--rounds`` times (default 3) in alternating order; the table shows the
+best run per server (highest req/s, with that run's latencies).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    BENCH_DIR,
+    HOST,
+    arg_parser,
+    clean_env,
+    free_port,
+    have,
+    http_get,
+    machine_info,
+    pinned,
+    print_table,
+    ratio,
+    start_process,
+    stop_process,
+    venv_bin,
+    wait_for_200,
+    write_json,
+)
+
+TARGET_RATIO = 0.8
+PATH = "/api/hello"
+SERVER_CPU = 0
+LOAD_CPU = 1
+UVICORN_SAME_AS_GATEWAY = ["--loop", "auto", "--http", "auto", "--lifespan", "on"]
+
+
+def server_commands(port: int) -> dict[str, list[str]]:
+    uvicorn = [sys.executable, "-m", "uvicorn", "--host", HOST, "--port", str(port)]
+    return {
+        "gateway": [str(venv_bin("chatterfix")), "start", "--host", HOST, "--port", str(port)],
+        "bare": [
+            *uvicorn,
+            *UVICORN_SAME_AS_GATEWAY,
+            "--log-level",
+            "info",
+            "--access-log",
+            "--app-dir",
+            str(BENCH_DIR),
+            "bare_app:app",
+        ],
+        "bare, quiet": [
+            *uvicorn,
+            *UVICORN_SAME_AS_GATEWAY,
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--app-dir",
+            str(BENCH_DIR),
+            "bare_app:app",
+        ],
+        "gateway, quiet": [
+            *uvicorn,
+            *UVICORN_SAME_AS_GATEWAY,
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--factory",
+            "chatterfix.cli.serve:create_app",
+        ],
+    }
+
+
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def _seconds(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not match:
+        raise ValueError(f"cannot read wrk duration {text!r}")
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    total = re.search(r"(\d+) requests in", output)
+    if not rps or not total:
+        raise RuntimeError(f"unexpected wrk output:\n{output}")
+    result: dict[str, Any] = {"rps": float(rps.group(1)), "requests": int(total.group(1))}
+    for pct in ("50", "75", "90", "99"):
+        found = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", output, re.M)
+        result[f"p{pct}_s"] = _seconds(found.group(1)) if found else None
+    errors = re.search(r"Socket errors: (.*)", output)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    result["socket_errors"] = errors.group(1) if errors else ""
+    result["non_2xx"] = int(non2xx.group(1)) if non2xx else 0
+    return result
+
+
+def run_wrk(port: int, duration: str, connections: int) -> dict[str, Any]:
+    cmd = pinned(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}",
+            "--latency",
+            f"http://{HOST}:{port}{PATH}",
+        ],
+        LOAD_CPU,
+    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120)
+    return parse_wrk(proc.stdout)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` (0.0 where /proc is missing)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def measure(
+    name: str, cmd: list[str], port: int, duration: str, connections: int
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as workdir:
+        return _measure_in(name, cmd, port, duration, connections, Path(workdir))
+
+
+def _measure_in(
+    name: str, cmd: list[str], port: int, duration: str, connections: int, workdir: Path
+) -> dict[str, Any]:
+    proc = start_process(pinned(cmd, SERVER_CPU), cwd=workdir, env=clean_env())
+    try:
+        wait_for_200(port, PATH, proc, timeout=60.0, interval=0.01)
+        status, body = http_get(port, PATH)
+        run_wrk(port, "2s", connections)  # warm-up, discarded
+        cpu_before = process_cpu_s(proc.pid)
+        result = run_wrk(port, duration, connections)
+        cpu_s = process_cpu_s(proc.pid) - cpu_before
+        result["server_cpu_s"] = cpu_s
+        result["cpu_us_per_request"] = cpu_s / result["requests"] * 1e6 if cpu_s else None
+        result["server"] = name
+        result["response"] = {"status": status, "body": json.loads(body)}
+        return result
+    finally:
+        stop_process(proc)
+
+
+def cpu_ratio(value: dict[str, Any], base: dict[str, Any]) -> float:
+    """Server CPU per request of ``base`` over that of ``value`` (like req/s: higher is better)."""
+    if not value["cpu_us_per_request"] or not base["cpu_us_per_request"]:
+        return float("nan")
+    return float(base["cpu_us_per_request"] / value["cpu_us_per_request"])
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def main() -> None:
+    parser = arg_parser(__doc__ or "")
+    parser.add_argument("--duration", default="10s", help="wrk -d (default 10s)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per server (default 3)")
+    args = parser.parse_args()
+    if not have("wrk"):
+        sys.exit("wrk is not installed (apt-get install -y wrk)")
+    if not venv_bin("chatterfix").exists():
+        sys.exit(f"no chatterfix console script next to {sys.executable}")
+
+    names = list(server_commands(0))
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    started = time.perf_counter()
+    for i in range(max(args.rounds, 1)):
+        order = names if i % 2 == 0 else list(reversed(names))
+        for name in order:
+            port = free_port()
+            cmd = server_commands(port)[name]
+            result = measure(name, cmd, port, args.duration, args.connections)
+            runs[name].append(result)
+            print(
+                f"round {i + 1} {name:<15} {result['rps']:>10.0f} req/s  "
+                f"p50 {result['p50_s'] * 1000:.2f} ms  p99 {result['p99_s'] * 1000:.2f} ms  "
+                f"server CPU {_us(result['cpu_us_per_request'])} us/request",
+                flush=True,
+            )
+    elapsed = time.perf_counter() - started
+
+    best = {name: max(results, key=lambda r: r["rps"]) for name, results in runs.items()}
+    bodies = {name: best[name]["response"]["body"] for name in names}
+    same_body = len({json.dumps(b, sort_keys=True) for b in bodies.values()}) == 1
+
+    def row(name: str, baseline: str, label: str) -> list[object]:
+        value, base = best[name], best[baseline]
+        errors = value["non_2xx"] or value["socket_errors"] or "-"
+        r = ratio(value["rps"], base["rps"])
+        return [
+            label,
+            f"{value['rps']:.0f}",
+            f"{value['p50_s'] * 1000:.2f}",
+            f"{value['p99_s'] * 1000:.2f}",
+            _us(value["cpu_us_per_request"]),
+            f"{base['rps']:.0f}",
+            f"{base['p50_s'] * 1000:.2f}",
+            f"{base['p99_s'] * 1000:.2f}",
+            _us(base["cpu_us_per_request"]),
+            f"{r:.2f}",
+            f"{cpu_ratio(value, base):.2f}",
+            errors,
+        ]
+
+    headers = [
+        "comparison",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU us/req",
+        "base req/s",
+        "base p50",
+        "base p99",
+        "base CPU",
+        "ratio",
+        "CPU ratio",
+        "errors",
+    ]
+    primary = ratio(best["gateway"]["rps"], best["bare"]["rps"])
+    print_table(
+        f"GET {PATH}: wrk -t1 -c{args.connections} -d{args.duration}, best of {args.rounds} "
+        f"(server on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; "
+        "CPU = server CPU us per request; CPU ratio = base CPU / CPU)",
+        headers,
+        [
+            row("gateway", "bare", "chatterfix start vs bare (same settings, access log on)"),
+            row("gateway, quiet", "bare, quiet", "gateway vs bare, both warning + no access log"),
+            row("gateway", "bare, quiet", "chatterfix start vs bare quiet"),
+            row("bare", "bare, quiet", "bare: access log on vs off"),
+        ],
+    )
+    print(
+        f"Target: chatterfix start / bare >= {TARGET_RATIO}: "
+        f"{primary:.2f} -> {'met' if primary >= TARGET_RATIO else 'MISSED'}"
+    )
+    print(
+        "Note: `chatterfix start` runs uvicorn at log level info with the access log on and "
+        "offers no option to turn it off; the 'quiet' rows serve the same gateway through "
+        "chatterfix.cli.serve:create_app to show the cost without logging."
+    )
+    print(f"Responses identical across servers: {'yes' if same_body else 'NO'} ({bodies})")
+    print(f"Total time {elapsed:.0f} s")
+
+    write_json(
+        args.json,
+        {
+            "benchmark": "gateway_rps",
+            "machine": machine_info(),
+            "method": (
+                f"wrk -t1 -c{args.connections} -d{args.duration} --latency after a 2 s warm-up; "
+                f"server pinned to CPU {SERVER_CPU}, wrk to CPU {LOAD_CPU}; best of "
+                f"{args.rounds} alternating runs"
+            ),
+            "pinned": pinned(["true"], SERVER_CPU) != ["true"],
+            "target": {"ratio_at_least": TARGET_RATIO, "met": primary >= TARGET_RATIO},
+            "ratio": primary,
+            "ratio_quiet": ratio(best["gateway, quiet"]["rps"], best["bare, quiet"]["rps"]),
+            "cpu_ratio": cpu_ratio(best["gateway"], best["bare"]),
+            "cpu_ratio_quiet": cpu_ratio(best["gateway, quiet"], best["bare, quiet"]),
+            "ratio_vs_bare_quiet": ratio(best["gateway"]["rps"], best["bare, quiet"]["rps"]),
+            "best": best,
+            "runs": runs,
+            "same_response_body": same_body,
+            "servers": {name: " ".join(cmd) for name, cmd in server_commands(0).items()},
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Run every benchmark and collect their figures in ``bench/results.json``.
+
+Each benchmark runs as its own process with this interpreter (``python bench/<name>.py
+--json <file>``), prints its own table, and stops every process it started. Run a subset
+with ``--only cli_help gateway_rps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from _common import BENCH_DIR, machine_info, print_table
+
+BENCHMARKS = ("cli_help", "startup_plugins", "gateway_rps")
+RESULTS = BENCH_DIR / "results.json"
+TIMEOUT_S = 600
+
+
+def source_revision() -> dict[str, Any]:
+    """The commit measured, and whether ``src/`` had uncommitted changes at the time."""
+
+    def git(*args: str) -> str:
+        proc = subprocess.run(
+            ["git", *args], cwd=BENCH_DIR.parent, capture_output=True, text=True, timeout=30
+        )
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD"), "src_modified": bool(git("status", "-s", "src"))}
+
+
+def summary_rows(results: dict[str, Any]) -> list[list[object]]:
+    rows: list[list[object]] = []
+    if "cli_help" in results:
+        r = results["cli_help"]
+        rows.append(
+            [
+                "chatterfix --help (median)",
+                f"{r['median_s'] * 1000:.0f} ms",
+                f"{r['baseline_median_s'] * 1000:.0f} ms (python -c pass)",
+                f"{r['ratio']:.1f}x",
+                "< 250 ms",
+                "met" if r["target"]["met"] else "MISSED",
+            ]
+        )
+    if "startup_plugins" in results:
+        r = results["startup_plugins"]
+        rows.append(
+            [
+                "start to first /health 200, 100 plugins",
+                f"{r['t100_s'] * 1000:.0f} ms",
+                f"{r['t0_s'] * 1000:.0f} ms (0 plugins)",
+                f"{r['ratio']:.2f}x",
+                "< 2 s",
+                "met" if r["target"]["met"] else "MISSED",
+            ]
+        )
+        rows.append(["  per-plugin cost", f"{r['per_plugin_s'] * 1000:.2f} ms", "", "", "", ""])
+    if "gateway_rps" in results:
+        r = results["gateway_rps"]
+        gateway, bare = r["best"]["gateway"], r["best"]["bare"]
+        rows.append(
+            [
+                "GET /api/hello req/s (chatterfix start)",
+                f"{gateway['rps']:.0f}",
+                f"{bare['rps']:.0f} (bare Starlette)",
+                f"{r['ratio']:.2f}",
+                ">= 0.8",
+                "met" if r["target"]["met"] else "MISSED",
+            ]
+        )
+        gateway, bare = r["best"]["gateway, quiet"], r["best"]["bare, quiet"]
+        rows.append(
+            [
+                "  same, both at warning, no access log",
+                f"{gateway['rps']:.0f}",
+                f"{bare['rps']:.0f} (bare Starlette)",
+                f"{r['ratio_quiet']:.2f}",
+                "",
+                "",
+            ]
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    revision = source_revision()
+    results: dict[str, Any] = {}
+    failures: dict[str, str] = {}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only:
+            out = Path(tmp) / f"{name}.json"
+            print(f"\n### {name}\n", flush=True)
+            proc = subprocess.Popen(
+                [sys.executable, str(BENCH_DIR / f"{name}.py"), "--json", str(out)]
+            )
+            try:
+                proc.wait(timeout=TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                failures[name] = f"timed out after {TIMEOUT_S} s"
+            except KeyboardInterrupt:
+                failures[name] = "interrupted"
+            finally:
+                if proc.poll() is None:
+                    # SIGTERM lets the benchmark's finally blocks stop its servers.
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+            if failures.get(name) == "interrupted":
+                break
+            if name in failures:
+                continue
+            if proc.returncode != 0 or not out.is_file():
+                failures[name] = f"exited with code {proc.returncode}"
+                continue
+            results[name] = json.loads(out.read_text())
+
+    document = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "source": revision,
+        "duration_s": round(time.perf_counter() - started, 1),
+        "results": results,
+        "failures": failures,
+    }
+    args.output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print_table(
+        "Summary",
+        ["measure", "value", "baseline", "ratio", "target", "status"],
+        summary_rows(results),
+    )
+    print(f"wrote {args.output}")
+    if failures:
+        for name, reason in failures.items():
+            print(f"{name}: {reason}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
