@@ -25,7 +25,7 @@ DEFAULTS: dict[str, Any] = {
         "debug": False,
         "data_dir": ".chatterfix",
     },
-    "gateway": {"host": "127.0.0.1", "port": 8000},
+    "gateway": {"host": "127.0.0.1", "port": 8000, "access_log": True},
     "plugins": {
         "disabled": [],
         "only": [],
@@ -173,13 +173,19 @@ class Config:
             "runtime": {},
         }
         self._watchers: dict[str, list[Watcher]] = {}
+        self._cache: dict[str, Any] = {}
 
     def get(self, key: str, default: Any = None) -> Any:
+        # Handlers read config on every request: leaf values are memoised until a change.
+        value = self._cache.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
         for layer in reversed(LAYERS):
             value = _get_path(self._layers[layer], key)
             if value is not _MISSING:
                 if isinstance(value, Mapping):
                     return self._merged_subtree(key)
+                self._cache[key] = value
                 return value
         return default
 
@@ -198,6 +204,7 @@ class Config:
     def set(self, key: str, value: Any) -> None:
         old = self.get(key)
         _set_path(self._layers["runtime"], key, value)
+        self._cache.clear()
         if old != value:
             self._notify(key, value)
 
@@ -209,6 +216,7 @@ class Config:
         for field, spec in schema.items():
             if "default" in spec:
                 _set_path(self._layers["schema"], f"{prefix}.{field}", spec["default"])
+        self._cache.clear()
 
     def as_dict(self) -> dict[str, Any]:
         merged: dict[str, Any] = {}

@@ -154,7 +154,7 @@ class Platform:
         """Take ``plugin``'s tables out of the metadata so its ``register_models`` can run
         again (on start after a stop, or on reload); returns them for :meth:`restore_tables`.
         """
-        released = []
+        released: list[sqlalchemy.Table] = []
         for name in [table for table, owner in self._table_owners.items() if owner == plugin]:
             released.append(self.metadata.tables[name])
             self.metadata.remove(self.metadata.tables[name])
@@ -168,6 +168,8 @@ class Platform:
     def restore_tables(self, plugin: str, tables: list[sqlalchemy.Table]) -> None:
         """Undo a failed start: drop what it defined, put the released tables back."""
         self.release_tables(plugin)
+        if not tables:
+            return
         for table in tables:
             table.to_metadata(self.metadata)
         self.claim_tables(plugin, [table.name for table in tables])

@@ -94,12 +94,12 @@ def _read_json(path: Path) -> Any:
         raise
 
 
-def _distribution_defaults(dist: importlib.metadata.Distribution | None) -> dict[str, Any]:
-    if dist is None:
+def _distribution_defaults(meta: Any) -> dict[str, Any]:
+    """Manifest defaults from a distribution's (already parsed) metadata."""
+    if meta is None:
         return {}
-    meta = dist.metadata
     author = meta["Author"] or (meta["Author-email"] or "").split("<")[0].strip()
-    defaults: dict[str, Any] = {"version": dist.version}
+    defaults: dict[str, Any] = {"version": meta["Version"]}
     if meta["Summary"]:
         defaults["description"] = meta["Summary"]
     if author:
@@ -124,19 +124,20 @@ def entry_point_candidates(*, builtins: bool, third_party: bool) -> Iterator[Can
     own: list[Candidate] = []
     others: list[Candidate] = []
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = entry_point.dist
-        dist_name = (dist.metadata["Name"] if dist else "") or ""
+        # Each read of Distribution.metadata parses the METADATA file again: read it once.
+        meta = entry_point.dist.metadata if entry_point.dist else None
+        dist_name = (meta["Name"] if meta else "") or ""
         is_builtin = dist_name.lower().replace("_", "-") == OWN_DISTRIBUTION
         if (is_builtin and not builtins) or (not is_builtin and not third_party):
             continue
-        location = f"{dist_name} {dist.version if dist else ''}".strip()
+        location = f"{dist_name} {meta['Version'] if meta else ''}".strip()
         target = own if is_builtin else others
         target.append(
             Candidate(
                 name=entry_point.name,
                 origin="builtin" if is_builtin else "entrypoint",
                 location=f"{location} ({entry_point.value})",
-                load=_entry_point_loader(entry_point),
+                load=_entry_point_loader(entry_point, _distribution_defaults(meta)),
                 module_prefixes=(_top_package(entry_point.value),),
             )
         )
@@ -144,23 +145,30 @@ def entry_point_candidates(*, builtins: bool, third_party: bool) -> Iterator[Can
     yield from others
 
 
-def _current_entry_point(original: importlib.metadata.EntryPoint) -> importlib.metadata.EntryPoint:
+def _current_entry_point(
+    original: importlib.metadata.EntryPoint,
+) -> importlib.metadata.EntryPoint:
     """The entry point as installed now: a reload after ``pip install -U`` sees the upgrade."""
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=original.name):
         return entry_point
     return original
 
 
-def _entry_point_loader(original: importlib.metadata.EntryPoint) -> Callable[[], Loaded]:
+def _entry_point_loader(
+    original: importlib.metadata.EntryPoint, defaults: dict[str, Any]
+) -> Callable[[], Loaded]:
     first = [True]
 
     def load() -> Loaded:
-        entry_point = original if first[0] else _current_entry_point(original)
+        entry_point, dist_defaults = original, defaults
+        if not first[0]:
+            entry_point = _current_entry_point(original)
+            dist = entry_point.dist
+            dist_defaults = _distribution_defaults(dist.metadata if dist else None)
         first[0] = False
         plugin = entry_point.load()
         source = f"entry point {entry_point.name} = {entry_point.value}"
-        defaults = _distribution_defaults(entry_point.dist)
-        manifest = manifest_for(plugin, entry_point.name, defaults, source)
+        manifest = manifest_for(plugin, entry_point.name, dist_defaults, source)
         return Loaded(plugin, _check_name(manifest, entry_point.name, source))
 
     return load

@@ -607,11 +607,12 @@ class PluginRegistry:
                 platform.config.add_schema_defaults(record.name, schema)
                 step = "register_models"
                 released_tables = platform.release_tables(record.name)
-                metadata = platform.metadata
-                before = set(metadata.tables)
-                for result in await self.call(record, "register_models", metadata=metadata):
-                    _attach_tables(metadata, result)
-                platform.claim_tables(record.name, set(metadata.tables) - before)
+                if "register_models" in record.hookimpls:  # SQLAlchemy loads only if needed
+                    metadata = platform.metadata
+                    before = set(metadata.tables)
+                    for result in await self.call(record, "register_models", metadata=metadata):
+                        _attach_tables(metadata, result)
+                    platform.claim_tables(record.name, set(metadata.tables) - before)
                 step = "register_permissions"
                 platform.add_permissions(record, dict.fromkeys(record.manifest.permissions, ""))
                 for result in await self.call(record, "register_permissions", platform=platform):

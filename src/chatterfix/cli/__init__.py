@@ -88,14 +88,33 @@ plugins_dir_option = click.option(
 @click.option("--port", type=int, default=None, help="Port to bind (config gateway.port; 8000).")
 @click.option("--reload", is_flag=True, help="Restart when code changes (development).")
 @plugins_dir_option
+@click.option(
+    "--access-log/--no-access-log",
+    default=None,
+    help="Log every request (config gateway.access_log; on).",
+)
 @click.pass_context
 def start(
-    ctx: click.Context, host: str | None, port: int | None, reload: bool, plugins_dir: Path | None
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    reload: bool,
+    plugins_dir: Path | None,
+    access_log: bool | None,
 ) -> None:
     """Start the platform gateway (uvicorn) with every installed plugin."""
-    from chatterfix.cli.serve import serve
+    from chatterfix.cli.serve import ServeOptions, serve
 
-    serve(host=host, port=port, reload=reload, plugins_dir=plugins_dir, verbose=ctx.obj["verbose"])
+    serve(
+        ServeOptions(
+            host=host,
+            port=port,
+            reload=reload,
+            plugins_dir=plugins_dir,
+            access_log=access_log,
+            verbose=ctx.obj["verbose"],
+        )
+    )
 
 
 @cli.command()

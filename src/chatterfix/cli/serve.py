@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import click
 from rich.console import Console
 
@@ -20,9 +21,19 @@ def create_app() -> Any:
     return Platform().asgi_app
 
 
-def serve(
-    *, host: str | None, port: int | None, reload: bool, plugins_dir: Path | None, verbose: bool
-) -> None:
+@attrs.frozen(kw_only=True)
+class ServeOptions:
+    """What ``chatterfix start`` was asked for; ``None`` means "from configuration"."""
+
+    host: str | None = None
+    port: int | None = None
+    reload: bool = False
+    plugins_dir: Path | None = None
+    access_log: bool | None = None
+    verbose: bool = False
+
+
+def serve(options: ServeOptions) -> None:
     import uvicorn
 
     from chatterfix.config import Config
@@ -30,22 +41,30 @@ def serve(
     from chatterfix.plugins import PluginLoadError
 
     console = Console(stderr=True)
-    if plugins_dir is not None:
-        os.environ[PLUGINS_DIR_ENV] = str(plugins_dir.resolve())
+    if options.plugins_dir is not None:
+        os.environ[PLUGINS_DIR_ENV] = str(options.plugins_dir.resolve())
     config = Config()
-    host = host if host is not None else str(config.get("gateway.host"))
-    port = port if port is not None else int(config.get("gateway.port"))
-    log_level = "debug" if verbose else "info"
-    if reload:
-        watched = [str(plugins_dir)] if plugins_dir else [os.getcwd()]
+    host = options.host if options.host is not None else str(config.get("gateway.host"))
+    port = options.port if options.port is not None else int(config.get("gateway.port"))
+    access_log = (
+        options.access_log
+        if options.access_log is not None
+        else bool(config.get("gateway.access_log"))
+    )
+    settings: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "debug" if options.verbose else "info",
+        "access_log": access_log,
+    }
+    if options.reload:
+        watched = [str(options.plugins_dir)] if options.plugins_dir else [os.getcwd()]
         uvicorn.run(
             "chatterfix.cli.serve:create_app",
             factory=True,
-            host=host,
-            port=port,
             reload=True,
             reload_dirs=watched,
-            log_level=log_level,
+            **settings,
         )
         return
     try:
@@ -58,6 +77,4 @@ def serve(
         f"[bold]ChatterFix[/bold] {platform.version}: {len(registry.records)} plugin(s), "
         f"{len(registry.load_errors)} load error(s); gateway on http://{host}:{port}"
     )
-    for error in registry.load_errors:
-        console.print(f"  [yellow]load error[/yellow] {error.source}: {error.message}")
-    uvicorn.run(platform.asgi_app, host=host, port=port, log_level=log_level, lifespan="on")
+    uvicorn.run(platform.asgi_app, lifespan="on", **settings)

@@ -18,15 +18,14 @@ from starlette.middleware import Middleware
 from starlette.types import Receive, Scope, Send
 
 from chatterfix.gateway.api import PLATFORM_ROUTES
-from chatterfix.gateway.context import RequestContextMiddleware
 from chatterfix.gateway.errors import (
     APIError,
-    ErrorMiddleware,
     api_error_handler,
     error_response,
     http_exception_handler,
+    internal_error_handler,
 )
-from chatterfix.gateway.routing import Routing
+from chatterfix.gateway.routing import RequestIds, Routing
 from chatterfix.plugins import PluginState
 
 if TYPE_CHECKING:
@@ -40,6 +39,7 @@ class Gateway:
 
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
+        self.request_ids = RequestIds()
         self.routing = self._build()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -75,16 +75,17 @@ class Gateway:
             # Plugin routes first: they carry the traffic, and no plugin route can shadow a
             # platform one (collisions are refused when a plugin starts).
             routes=[*plugin_routes, *PLATFORM_ROUTES],
-            middleware=[Middleware(ErrorMiddleware), *plugin_middleware],
+            middleware=plugin_middleware,
             exception_handlers={
                 HTTPException: http_exception_handler,
                 APIError: api_error_handler,
+                Exception: internal_error_handler,
             },
         )
         app.state.platform = platform
         app.router.default = self._not_found
         app.middleware_stack = app.build_middleware_stack()
-        return Routing(RequestContextMiddleware(app, platform))
+        return Routing(app, platform, self.request_ids)
 
     async def _not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -10,11 +9,8 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatterfix.context import current_request_id
-
-logger = logging.getLogger("chatterfix.gateway")
 
 
 class APIError(Exception):
@@ -65,29 +61,6 @@ async def api_error_handler(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, exc.message, exc.code, **exc.details)
 
 
-class ErrorMiddleware:
-    """Turn any exception that escapes a handler into a JSON 500; never leak a traceback."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception:
-            logger.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
-            if started:
-                raise  # headers are out: the server can only cut the connection
-            response = error_response(500, "internal server error", "internal_error")
-            await response(scope, receive, send)
+async def internal_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's last-resort handler: a JSON 500 that says nothing of the error."""
+    return error_response(500, "internal server error", "internal_error")
