@@ -16,7 +16,7 @@ import rich_click as click
 
 from chatterfix import __version__
 
-click.rich_click.TEXT_MARKUP = "markdown"
+click.rich_click.TEXT_MARKUP = "rich"  # markdown would import markdown-it: ~15 ms
 click.rich_click.SHOW_ARGUMENTS = True
 click.rich_click.COMMAND_GROUPS = {
     "chatterfix": [
@@ -59,10 +59,11 @@ class PluginCommandsGroup(click.RichGroup):
 @click.version_option(__version__, "--version", prog_name="chatterfix")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
-    """**ChatterFix**: build AI-powered CMMS apps as plugins and serve them through one gateway.
+    """[bold]ChatterFix[/]: build AI-powered CMMS apps as plugins and serve them through one gateway.
 
-    Start the gateway with `chatterfix start`, then open http://127.0.0.1:8000/platform/status.
-    Plugins can add commands of their own: `chatterfix list` shows which; run them by name.
+    Start the gateway with [cyan]chatterfix start[/], then open
+    http://127.0.0.1:8000/platform/status. Plugins can add commands of their own:
+    [cyan]chatterfix list[/] shows which; run them by name.
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
