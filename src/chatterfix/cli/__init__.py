@@ -59,7 +59,7 @@ class PluginCommandsGroup(click.RichGroup):
 @click.version_option(__version__, "--version", prog_name="chatterfix")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
-    """[bold]ChatterFix[/]: build AI-powered CMMS apps as plugins and serve them through one gateway.
+    """[bold]ChatterFix[/]: AI-powered CMMS apps as plugins, served through one gateway.
 
     Start the gateway with [cyan]chatterfix start[/], then open
     http://127.0.0.1:8000/platform/status. Plugins can add commands of their own:
