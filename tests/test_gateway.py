@@ -79,7 +79,7 @@ async def test_http_errors_are_json(platform: Platform, serve: Any) -> None:
         missing = await client.get("/nowhere")
         unknown_plugin = await client.get("/platform/plugins/ghost")
         unknown_action = await client.post("/platform/plugins/faulty/explode")
-    assert assert_json_error(teapot, 418, "i'm_a_teapot")["message"] == "short and stout"
+    assert assert_json_error(teapot, 418, "i_m_a_teapot")["message"] == "short and stout"
     assert assert_json_error(conflict, 409, "already_closed") == {
         "code": "already_closed",
         "message": "work order 7 is already closed",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -28,9 +29,10 @@ class APIError(Exception):
 
 def _code_for(status_code: int) -> str:
     try:
-        return HTTPStatus(status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+        phrase = HTTPStatus(status_code).phrase
     except ValueError:
         return "error"
+    return re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
 
 
 def error_response(
