@@ -292,7 +292,8 @@ def time_to_health(venv: Path, workdir: Path, check: bool = False) -> tuple[floa
         stop_process(proc)
 
 
-def probe(venv: Path, code: str, workdir: Path) -> dict[str, Any]:
+def run_code(venv: Path, code: str, workdir: Path) -> str:
+    """Run ``code`` with the venv's interpreter in a clean environment; return its stdout."""
     proc = subprocess.run(
         [str(venv_python(venv)), "-c", code],
         capture_output=True,
@@ -302,7 +303,11 @@ def probe(venv: Path, code: str, workdir: Path) -> dict[str, Any]:
         env=clean_env(),
         timeout=120,
     )
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc.stdout
+
+
+def probe(venv: Path, code: str, workdir: Path) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(run_code(venv, code, workdir).strip().splitlines()[-1])
     return result
 
 
@@ -355,16 +360,7 @@ def main() -> None:
 
         profile_text = None
         if args.profile:
-            proc = subprocess.run(
-                [str(venv_python(envs[PLUGIN_COUNT])), "-c", PROFILE_PROBE],
-                capture_output=True,
-                text=True,
-                check=True,
-                cwd=workdir,
-                env=clean_env(),
-                timeout=120,
-            )
-            profile_text = proc.stdout
+            profile_text = run_code(envs[PLUGIN_COUNT], PROFILE_PROBE, workdir)
 
     t0 = median(samples[0])
     t100 = median(samples[PLUGIN_COUNT])
