@@ -14,6 +14,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -146,6 +147,15 @@ def installed(fresh_venv: Path, plugin_source: Path) -> Path:
     return fresh_venv
 
 
+# Wide enough that rich does not wrap the messages the assertions look for.
+text_output: dict[str, Any] = {
+    "capture_output": True,
+    "text": True,
+    "check": True,
+    "env": {**os.environ, "COLUMNS": "300"},
+}
+
+
 def test_installed_distribution_is_discovered_served_and_managed(
     installed: Path, plugin_source: Path, tmp_path: Path
 ) -> None:
@@ -189,6 +199,19 @@ def test_installed_distribution_is_discovered_served_and_managed(
         assert reloaded.status_code == 200, reloaded.text
         assert httpx.get(url + "/api/cmms_tools/wrench").json()["generation"] == 2
         assert httpx.get(url + "/platform/plugins/cmms_tools").json()["version"] == "3.2.0"
+
+        cli = [python, "-m", "chatterfix", "plugin"]
+        stop = subprocess.run([*cli, "stop", "cmms_tools", "--url", url], **text_output)
+        assert stop.stdout.strip() == "cmms_tools: stopped"
+        refused = subprocess.run(
+            [*cli, "stop", "cmms_tools", "--url", url], **text_output | {"check": False}
+        )
+        assert refused.returncode == 1
+        assert "409: plugin 'cmms_tools' is not running (stopped)" in refused.stderr
+        start = subprocess.run([*cli, "start", "cmms_tools", "--url", url], **text_output)
+        assert start.stdout.strip() == "cmms_tools: running"
+        reload = subprocess.run([*cli, "reload", "cmms_tools", "--url", url], **text_output)
+        assert reload.stdout.strip() == "cmms_tools: running"
 
         status = subprocess.run(
             [python, "-m", "chatterfix", "status", "--url", url],

@@ -20,7 +20,7 @@ click.rich_click.TEXT_MARKUP = "rich"  # markdown would import markdown-it: ~15 
 click.rich_click.SHOW_ARGUMENTS = True
 click.rich_click.COMMAND_GROUPS = {
     "chatterfix": [
-        {"name": "Platform", "commands": ["start", "status"]},
+        {"name": "Platform", "commands": ["start", "status", "plugin"]},
         {"name": "Plugins", "commands": ["list", "hooks", "info"]},
     ]
 }
@@ -126,6 +126,27 @@ def status(url: str, as_json: bool) -> None:
     from chatterfix.cli.reports import show_status
 
     show_status(url, as_json)
+
+
+@cli.group()
+def plugin() -> None:
+    """Start, stop or reload a plugin in a running gateway."""
+
+
+def _plugin_action(action: str) -> click.Command:
+    @click.argument("name")
+    @click.option("--url", default=DEFAULT_URL, show_default=True, help="Gateway to ask.")
+    def command(name: str, url: str) -> None:
+        from chatterfix.cli.reports import plugin_action
+
+        plugin_action(url, name, action)
+
+    command.__doc__ = f"{action.capitalize()} plugin NAME (POST /platform/plugins/NAME/{action})."
+    return click.command(action)(command)
+
+
+for _action in ("start", "stop", "reload"):
+    plugin.add_command(_plugin_action(_action))
 
 
 @cli.command("list")

@@ -22,18 +22,34 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def show_status(url: str, as_json: bool) -> None:
+def _ask(url: str, method: str, path: str) -> dict[str, Any]:
+    """Call the gateway's API; failures become one clear line, never a traceback."""
     import httpx
 
     try:
-        response = httpx.get(url.rstrip("/") + "/platform/status", timeout=10)
+        response = httpx.request(method, url.rstrip("/") + path, timeout=60)
     except httpx.TransportError as exc:
         raise click.ClickException(
             f"no gateway answers at {url} ({exc}); is `chatterfix start` running?"
         ) from None
-    if response.status_code != 200:
-        raise click.ClickException(f"{url} answered {response.status_code}: {response.text[:200]}")
-    data = response.json()
+    try:
+        data: dict[str, Any] = response.json()
+    except ValueError:
+        data = {}
+    if response.status_code >= 400:
+        message = data.get("error", {}).get("message") if data else response.text[:200]
+        raise click.ClickException(f"{url} answered {response.status_code}: {message}")
+    return data
+
+
+def plugin_action(url: str, name: str, action: str) -> None:
+    data = _ask(url, "POST", f"/platform/plugins/{name}/{action}")
+    for affected, state in data["plugins"].items():
+        console.print(f"{affected}: [bold]{state}[/bold]")
+
+
+def show_status(url: str, as_json: bool) -> None:
+    data = _ask(url, "GET", "/platform/status")
     if as_json:
         _print_json(data)
         return
