@@ -6,9 +6,12 @@ function of the same name with :data:`chatterfix.hookimpl`; an implementation ma
 subset of the specified arguments, and may be a plain function or a coroutine function (the
 platform awaits what needs awaiting).
 
-Hooks are called per plugin, so a hook that raises only affects the plugin it belongs to: that
-plugin is put in state ``error`` with the message and traceback kept, and everything else keeps
-running.
+The platform calls hooks one plugin at a time, so a hook that raises only affects the plugin
+it belongs to: in the start sequence (``config_schema`` to ``startup``) that plugin is put in
+state ``error`` with the message and traceback kept; a failing ``health_check`` counts as
+unhealthy and a failing ``shutdown`` is recorded, the plugin still stopping. Everything else
+keeps running. (Hooks that plugins declare for each other, called through
+``platform.plugins.ahook``, follow pluggy: an exception reaches the caller.)
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import urllib.parse
@@ -146,7 +147,7 @@ class PluginManifest:
     strip_prefix: bool = False
     module: str | None = None
 
-    @property
+    @functools.cached_property
     def requirements(self) -> list[Requirement]:
         return [Requirement(item) for item in self.dependencies]
 

@@ -19,7 +19,7 @@ from chatterfix import __version__
 from chatterfix.config import Config, ConfigError
 from chatterfix.context import current_platform
 from chatterfix.events.bus import EventBus
-from chatterfix.plugins import PluginRecord, PluginRegistry, PluginState
+from chatterfix.plugins import PluginRecord, PluginRegistry, PluginState, iso_utc
 from chatterfix.seed import enter_platform, leave_platform
 
 if TYPE_CHECKING:
@@ -60,7 +60,8 @@ class Platform:
         builtins: bool = True,
     ) -> None:
         self.config = config if isinstance(config, Config) else Config(config)
-        self.events = EventBus(history_size=int(self.config.get("events.history_size", 1000)))
+        _check_numbers(self.config)
+        self.events = EventBus(history_size=int(self.config.get("events.history_size")))
         self.permissions: dict[str, Permission] = {}
         self.ai_providers: dict[str, Any] = {}
         self._owners: dict[tuple[str, str], PluginRecord] = {}
@@ -72,7 +73,6 @@ class Platform:
         self.started = False
         self.started_at: datetime | None = None
         self._started_monotonic = time.monotonic()
-        _check_numbers(self.config)
         folder = plugins_dir if plugins_dir is not None else self.config.get("plugins.dir")
         self.plugins_dir = Path(folder) if folder else None
         self.plugins = PluginRegistry(self)
@@ -314,7 +314,7 @@ class Platform:
             name: {
                 "status": record.state.value,
                 "error_message": record.error_message,
-                "last_heartbeat": _iso(record.last_heartbeat),
+                "last_heartbeat": iso_utc(record.last_heartbeat),
                 "health": health.get(name, {}).get("status", "unknown"),
                 "version": record.manifest.version,
             }
@@ -332,7 +332,6 @@ class Platform:
             if r.state is PluginState.RUNNING and health[r.name]["status"] != "unhealthy"
         )
         total = len(services)
-        debug = bool(self.config.get("platform.debug"))
         return {
             "platform": {"name": self.name, "version": self.version, "uptime": self.uptime},
             "plugins": plugins,
@@ -342,19 +341,25 @@ class Platform:
                 "unhealthy_services": total - healthy,
                 "availability_percentage": round(100.0 * healthy / total, 2) if total else 100.0,
             },
-            "load_errors": [
-                {**attrs.asdict(error), "traceback": error.traceback if debug else ""}
-                for error in self.plugins.load_errors
-            ],
+            "load_errors": self.load_errors_view(),
         }
+
+    @property
+    def shows_tracebacks(self) -> bool:
+        """Tracebacks reach API clients only in debug mode; they are always in the log."""
+        return bool(self.config.get("platform.debug"))
+
+    def load_errors_view(self) -> list[dict[str, Any]]:
+        """Load errors as API clients see them."""
+        show = self.shows_tracebacks
+        return [
+            {**attrs.asdict(error), "traceback": error.traceback if show else ""}
+            for error in self.plugins.load_errors
+        ]
 
 
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 NUMERIC_KEYS = ("plugins.health_timeout", "plugins.drain_timeout", "events.history_size")

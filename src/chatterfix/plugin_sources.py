@@ -46,8 +46,11 @@ class Candidate:
     origin: str  # "builtin" | "entrypoint" | "folder" | "code" | "api"
     location: str
     load: Callable[[], Loaded] = attrs.field(repr=False, eq=False)
-    # Modules to drop from sys.modules before importing again on reload.
+    # Modules to drop from sys.modules before importing again on reload: the plugin's whole
+    # package, so edits to its helper modules are picked up too ...
     module_prefixes: tuple[str, ...] = ()
+    # ... or just its own module, when another plugin lives in the same package.
+    own_module: str = ""
 
 
 def _manifest_near(plugin: object) -> Path | None:
@@ -139,6 +142,7 @@ def entry_point_candidates(*, builtins: bool, third_party: bool) -> Iterator[Can
                 location=f"{location} ({entry_point.value})",
                 load=_entry_point_loader(entry_point, _distribution_defaults(meta)),
                 module_prefixes=(_top_package(entry_point.value),),
+                own_module=entry_point.module,
             )
         )
     yield from own
@@ -193,7 +197,7 @@ def folder_candidates(folder: Path) -> Iterator[Candidate | ManifestError]:
             origin="folder",
             location=str(child),
             load=_folder_loader(child, manifest_path),
-            module_prefixes=_folder_prefixes(child, manifest),
+            module_prefixes=(f"{FOLDER_PACKAGE}.{manifest.name}",),
         )
 
 
@@ -214,10 +218,6 @@ def _folder_code(folder: Path, manifest: PluginManifest) -> tuple[str, Path] | N
     if (folder / "__init__.py").is_file():
         return "file", folder / "__init__.py"
     return None
-
-
-def _folder_prefixes(folder: Path, manifest: PluginManifest) -> tuple[str, ...]:
-    return (f"{FOLDER_PACKAGE}.{manifest.name}",)
 
 
 def _folder_loader(folder: Path, manifest_path: Path) -> Callable[[], Loaded]:

@@ -47,7 +47,6 @@ HEALTH_STATES = ("healthy", "degraded", "unhealthy")
 # A plugin may declare hooks of its own for other plugins to implement (a class or module
 # of functions marked with ``chatterfix.hookspec``), as pytest plugins do with pytest_addhooks.
 HOOKSPECS_ATTRIBUTE = "HOOKSPECS"
-HEALTH_ERROR = "health_check failed: "
 
 
 class PluginState(StrEnum):
@@ -101,7 +100,7 @@ class PluginRecord:
     middleware: list[Any] = attrs.field(factory=list, repr=False)
     started_at: datetime | None = None
     last_heartbeat: datetime | None = None
-    last_health: dict[str, Any] | None = None
+    health_failing: bool = False
 
     # Subscriptions made while the module was imported (``@event_system.subscribe`` at
     # module level): renewed on every start of this generation, dropped on stop.
@@ -138,12 +137,12 @@ class PluginRecord:
             "error_message": self.error_message,
             "error_traceback": self.error_traceback if tracebacks else "",
             "warnings": self.warnings,
-            "started_at": _iso(self.started_at),
-            "last_heartbeat": _iso(self.last_heartbeat),
+            "started_at": iso_utc(self.started_at),
+            "last_heartbeat": iso_utc(self.last_heartbeat),
         }
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso_utc(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
@@ -160,7 +159,9 @@ class PluginRegistry:
 
     Seed-compatible methods: ``register_plugin``, ``start_all_plugins``,
     ``get_plugin_status``. Lifecycle changes (start, stop, reload) are serialised: one at a
-    time per platform, so two operators clicking at once cannot interleave them.
+    time per platform, so two operators clicking at once cannot interleave them. Only the
+    shutdown of a reloaded plugin's previous generation runs outside that order, once its
+    requests have drained: it touches nothing the current generation owns.
     """
 
     def __init__(self, platform: Platform) -> None:
@@ -423,9 +424,7 @@ class PluginRegistry:
     async def stop_all_plugins(self) -> None:
         """Stop every running plugin in reverse start order, and any generation retiring."""
         async with self._lock():
-            order = [name for name in self.start_order if name in self.records]
-            order += [name for name in self.records if name not in order]
-            for name in reversed(order):
+            for name in reversed(self._full_order()):
                 record = self.records[name]
                 if record.state in (PluginState.RUNNING, PluginState.STOPPING):
                     await self._stop(record)
@@ -478,11 +477,11 @@ class PluginRegistry:
             old = self.get(name)
             if old.state is PluginState.DISABLED and old.plugin is None and not old.is_remote:
                 raise PluginActionError(f"plugin {name!r} is disabled by configuration")
-            saved_modules = _purge_modules(old.candidate.module_prefixes)
+            prefixes = self._reload_prefixes(old)
+            saved_modules = _purge_modules(prefixes)
             new = self._load(old.candidate)
             if new is None or new.name != name:
-                _purge_modules(old.candidate.module_prefixes)
-                _restore_modules(saved_modules)
+                _reinstate_modules(prefixes, saved_modules)
                 reason = (
                     self.load_errors[-1].message
                     if new is None
@@ -491,37 +490,43 @@ class PluginRegistry:
                 raise PluginActionError(
                     f"reload of {name!r} failed, previous code keeps running: {reason}"
                 )
-            await self._swap_in(old, new, saved_modules)
+            await self._swap_in(old, new, prefixes, saved_modules)
         return new
 
+    def _reload_prefixes(self, record: PluginRecord) -> tuple[str, ...]:
+        """What to re-import: the plugin's package, unless another plugin shares it."""
+        wide = record.candidate.module_prefixes
+        shared = any(
+            other is not record and set(other.candidate.module_prefixes) & set(wide)
+            for other in self.records.values()
+        )
+        own = record.candidate.own_module
+        return (own,) if shared and own else wide
+
     async def _swap_in(
-        self, old: PluginRecord, new: PluginRecord, saved_modules: dict[str, Any]
+        self,
+        old: PluginRecord,
+        new: PluginRecord,
+        prefixes: tuple[str, ...],
+        saved_modules: dict[str, Any],
     ) -> None:
+        """Register ``new`` in place of ``old`` and start it if ``old`` was meant to run;
+        on failure put ``old`` back exactly as it was and raise."""
         if old.plugin is not None and self.pm.is_registered(old.plugin):
             self.pm.unregister(old.plugin)
-        failure = None
-        if new.plugin is not None and not self._register(new):
-            failure = self.load_errors[-1].message
-        else:
-            self._check_unknown_hooks(new)
-        start = new.state is not PluginState.DISABLED and old.state in (
-            PluginState.RUNNING,
-            PluginState.ERROR,
-        )
-        if failure is None and new.state is not PluginState.ERROR and start:
-            saved = self.platform.contributions_of(old.name)
-            await self._start(new, replacing=old)
-            if new.state is not PluginState.RUNNING:
-                self.platform.restore_contributions(old.name, saved)
-        if failure is not None or new.state is PluginState.ERROR:
+        try:
+            self._register_replacement(new)
+            if new.state is PluginState.ERROR:
+                raise PluginActionError(new.error_message)
+            if self._should_start(old, new):
+                await self._start_in_place_of(old, new)
+        except PluginActionError as exc:
             if new.plugin is not None and self.pm.is_registered(new.plugin):
                 self.pm.unregister(new.plugin)
-            self._reinstate(old, saved_modules)
+            self._reinstate(old, prefixes, saved_modules)
             kept = ", previous code keeps running" if old.state is PluginState.RUNNING else ""
-            raise PluginActionError(
-                f"reload of {old.name!r} failed{kept}: {failure or new.error_message}"
-            )
-        if not start and new.state is not PluginState.DISABLED:
+            raise PluginActionError(f"reload of {old.name!r} failed{kept}: {exc}") from None
+        if not self._should_start(old, new) and new.state is not PluginState.DISABLED:
             # Keep a stopped plugin stopped; one enabled by its new manifest can now start.
             stopped = (PluginState.STOPPING, PluginState.STOPPED)
             new.state = PluginState.STOPPED if old.state in stopped else PluginState.DISCOVERED
@@ -530,10 +535,29 @@ class PluginRegistry:
         previous = self.platform.routes_changed()
         if old.state is PluginState.RUNNING:
             old.state = PluginState.STOPPING
-            # Events switch over with the routes; only requests in flight drain.
-            self.platform.events.unsubscribe_owner(old)
             self._retiring.add(old)
             self.platform.spawn(self._retire, old, previous)
+
+    def _register_replacement(self, new: PluginRecord) -> None:
+        if new.plugin is not None and not self._register(new):
+            raise PluginActionError(self.load_errors[-1].message)
+        self._check_unknown_hooks(new)
+
+    @staticmethod
+    def _should_start(old: PluginRecord, new: PluginRecord) -> bool:
+        running_or_failed = old.state in (PluginState.RUNNING, PluginState.ERROR)
+        return new.state is not PluginState.DISABLED and running_or_failed
+
+    async def _start_in_place_of(self, old: PluginRecord, new: PluginRecord) -> None:
+        """Start ``new`` while ``old`` still serves requests. Events switch over at once,
+        so no event reaches both generations; requests switch with the routes."""
+        contributions = self.platform.contributions_of(old.name)
+        subscriptions = self.platform.events.take_owned(old)
+        await self._start(new, replacing=old)
+        if new.state is not PluginState.RUNNING:
+            self.platform.restore_contributions(old.name, contributions)
+            self.platform.events.restore(subscriptions)
+            raise PluginActionError(new.error_message)
 
     async def _retire(self, old: PluginRecord, previous_routing: object) -> None:
         await self.platform.drain(previous_routing)
@@ -541,25 +565,32 @@ class PluginRegistry:
             self._retiring.discard(old)
             await self._stop(old, emit=False)
 
-    def _reinstate(self, old: PluginRecord, saved: dict[str, Any]) -> None:
-        _purge_modules(old.candidate.module_prefixes)
-        _restore_modules(saved)
+    def _reinstate(
+        self, old: PluginRecord, prefixes: tuple[str, ...], saved: dict[str, Any]
+    ) -> None:
+        _reinstate_modules(prefixes, saved)
         if old.plugin is not None and not self.pm.is_registered(old.plugin):
             self.pm.register(old.plugin, name=old.name)
 
     def _dependents(self, name: str) -> list[str]:
         """Plugins depending on ``name``, directly or not, in the order to stop them."""
+        needed_by: dict[str, list[str]] = {}
+        for other, record in self.records.items():
+            for requirement in record.manifest.requirements:
+                needed_by.setdefault(requirement.name, []).append(other)
         found: set[str] = set()
         frontier = [name]
         while frontier:
-            current = frontier.pop()
-            for other, record in self.records.items():
-                needs = {req.name for req in record.manifest.requirements}
-                if current in needs and other not in found:
+            for other in needed_by.get(frontier.pop(), ()):
+                if other not in found:
                     found.add(other)
                     frontier.append(other)
-        order = self.start_order + [n for n in self.records if n not in self.start_order]
-        return [other for other in reversed(order) if other in found]
+        return [other for other in reversed(self._full_order()) if other in found]
+
+    def _full_order(self) -> list[str]:
+        """The start order, then plugins registered since it was resolved."""
+        order = [name for name in self.start_order if name in self.records]
+        return order + [name for name in self.records if name not in order]
 
     def _dependency_problem(self, record: PluginRecord) -> str | None:
         for requirement in record.manifest.requirements:
@@ -784,19 +815,23 @@ class PluginRegistry:
                 result = _valid_health(outcome[-1] if outcome else None)
             except TimeoutError:
                 result = {"status": "unhealthy", "error": f"health check timed out ({limit}s)"}
-                record.error_message = f"{HEALTH_ERROR}{result['error']}"
-                record.error_traceback = ""
+                self._health_failed(record, result["error"], "")
             except Exception as exc:
                 result = {"status": "unhealthy", "error": f"{type(exc).__name__}: {exc}"}
-                record.error_message = f"{HEALTH_ERROR}{result['error']}"
-                record.error_traceback = _short_traceback()
-                logger.warning("plugin %s: %s", record.name, record.error_message)
+                self._health_failed(record, result["error"], _short_traceback())
         if result["status"] != "unhealthy":
             record.last_heartbeat = _now()
-            if record.error_message.startswith(HEALTH_ERROR):
+            if record.health_failing:  # recovered: the error was the check's, not the plugin's
+                record.health_failing = False
                 record.error_message = record.error_traceback = ""
-        record.last_health = result
         return {**result, "state": record.state.value}
+
+    @staticmethod
+    def _health_failed(record: PluginRecord, error: str, tb: str) -> None:
+        record.health_failing = True
+        record.error_message = f"health_check failed: {error}"
+        record.error_traceback = tb
+        logger.warning("plugin %s: %s", record.name, record.error_message)
 
 
 class RouteConflict(RuntimeError):
@@ -878,5 +913,7 @@ def _purge_modules(prefixes: Iterable[str]) -> dict[str, Any]:
     return {name: sys.modules.pop(name) for name in list(sys.modules) if _under(name, prefixes)}
 
 
-def _restore_modules(saved: dict[str, Any]) -> None:
+def _reinstate_modules(prefixes: Iterable[str], saved: dict[str, Any]) -> None:
+    """Forget a failed re-import and put the previous modules back."""
+    _purge_modules(prefixes)
     sys.modules.update(saved)

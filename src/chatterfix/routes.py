@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 ANY_METHOD = "*"
+REST_OF_PATH = "/{path:path}"  # what a mount claims below its prefix
 
 
 def route_claims(route: Any) -> Iterator[tuple[str, str]]:
@@ -19,12 +20,9 @@ def route_claims(route: Any) -> Iterator[tuple[str, str]]:
     elif isinstance(route, WebSocketRoute):
         yield route.path, "WEBSOCKET"
     elif isinstance(route, Mount):
-        yield route.path.rstrip("/") + "/{path:path}", ANY_METHOD
+        yield route.path.rstrip("/") + REST_OF_PATH, ANY_METHOD
     else:
         yield getattr(route, "path", repr(route)), ANY_METHOD
-
-
-PREFIX_SUFFIX = "/{path:path}"
 
 
 def _segments(path: str) -> list[str]:

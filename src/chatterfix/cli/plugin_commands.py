@@ -13,23 +13,27 @@ if TYPE_CHECKING:
 
 def commands_by_plugin(platform: Platform) -> dict[str, dict[str, click.Command]]:
     """Each plugin's commands; a plugin whose hook fails is reported and skipped."""
+    import anyio
+
+    from chatterfix.hookcalls import call_impls
     from chatterfix.plugins import PluginState
 
     found: dict[str, dict[str, click.Command]] = {}
     for record in platform.plugins.records.values():
-        if record.state in (PluginState.DISABLED, PluginState.ERROR):
+        impls = record.hookimpls.get("register_commands")
+        if not impls or record.state in (PluginState.DISABLED, PluginState.ERROR):
             continue
-        for impl in record.hookimpls.get("register_commands", ()):
-            scratch = click.Group()
-            try:
-                impl.function(scratch)
-            except Exception as exc:
-                print(
-                    f"warning: plugin {record.name!r}: register_commands failed: {exc}",
-                    file=sys.stderr,
-                )
-                continue
-            found.setdefault(record.name, {}).update(scratch.commands)
+        scratch = click.Group()
+        try:
+            # Like every hook call: the arguments it asks for, awaited if async.
+            anyio.run(call_impls, record, impls, {"cli": scratch})
+        except Exception as exc:
+            print(
+                f"warning: plugin {record.name!r}: register_commands failed: {exc}",
+                file=sys.stderr,
+            )
+            continue
+        found[record.name] = dict(scratch.commands)
     return found
 
 

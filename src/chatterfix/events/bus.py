@@ -126,6 +126,11 @@ class EventBus:
             self._subscriptions = [item for item in self._subscriptions if item.owner is not owner]
         return taken
 
+    def restore(self, subscriptions: list[Subscription]) -> None:
+        """Put back subscriptions taken with :meth:`take_owned`, in their original order."""
+        self._subscriptions.extend(subscriptions)
+        self._subscriptions.sort(key=lambda item: (-item.priority, item.order))
+
     def subscriptions(self, owner: object | None = None) -> list[Subscription]:
         return [item for item in self._subscriptions if owner is None or item.owner is owner]
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import attrs
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from chatterfix.gateway.errors import APIError
 from chatterfix.gateway.routing import exempt_from_drain
-from chatterfix.plugins import PluginActionError, PluginNotFound
+from chatterfix.plugins import PluginActionError, PluginNotFound, PluginRecord
 from chatterfix.routes import describe, route_claims
 
 if TYPE_CHECKING:
@@ -44,41 +43,30 @@ async def platform_status(request: Request) -> Response:
     return JSONResponse(await _platform(request).status())
 
 
-def _debug(platform: Platform) -> bool:
-    """Tracebacks are shown to clients only in debug mode; they are always in the log."""
-    return bool(platform.config.get("platform.debug"))
-
-
-def load_errors(platform: Platform) -> list[dict[str, Any]]:
-    show = _debug(platform)
-    return [
-        {**attrs.asdict(error), "traceback": error.traceback if show else ""}
-        for error in platform.plugins.load_errors
-    ]
-
-
 async def list_plugins(request: Request) -> Response:
     platform = _platform(request)
-    show = _debug(platform)
+    show = platform.shows_tracebacks
     return JSONResponse(
         {
             "plugins": [
                 record.summary(tracebacks=show) for record in platform.plugins.records.values()
             ],
-            "load_errors": load_errors(platform),
+            "load_errors": platform.load_errors_view(),
         }
     )
 
 
-def _record_summary(platform: Platform, name: str) -> dict[str, Any]:
+def _record(platform: Platform, name: str) -> PluginRecord:
     try:
-        return platform.plugins.get(name).summary(tracebacks=_debug(platform))
+        return platform.plugins.get(name)
     except PluginNotFound as exc:
         raise APIError(404, str(exc), "plugin_not_found") from None
 
 
 async def show_plugin(request: Request) -> Response:
-    return JSONResponse(_record_summary(_platform(request), request.path_params["name"]))
+    platform = _platform(request)
+    record = _record(platform, request.path_params["name"])
+    return JSONResponse(record.summary(tracebacks=platform.shows_tracebacks))
 
 
 async def plugin_action(request: Request) -> Response:
@@ -87,7 +75,7 @@ async def plugin_action(request: Request) -> Response:
     action = request.path_params["action"]
     if action not in PLUGIN_ACTIONS:
         raise APIError(404, f"unknown action {action!r}; use one of {', '.join(PLUGIN_ACTIONS)}")
-    _record_summary(platform, name)
+    _record(platform, name)
     registry = platform.plugins
     try:
         with platform.activated(), exempt_from_drain():
@@ -107,7 +95,7 @@ async def plugin_action(request: Request) -> Response:
             "plugin": name,
             "affected": affected,
             "status": registry.get(name).state.value,
-            "plugins": {item: registry.get(item).summary()["status"] for item in affected},
+            "plugins": {item: registry.get(item).state.value for item in affected},
         }
     )
 

@@ -15,6 +15,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import Receive, Scope, Send
 
 from chatterfix.gateway.api import PLATFORM_ROUTES
@@ -66,21 +67,18 @@ class Gateway:
         platform = self.platform
         running = platform.plugins.running()
         plugin_routes = [route for record in running for route in record.routes]
-        plugin_middleware = [
-            entry if isinstance(entry, Middleware) else Middleware(entry)
-            for record in running
-            for entry in record.middleware
-        ]
+        plugin_middleware = [entry for record in running for entry in record.middleware]
+        handlers = {HTTPException: http_exception_handler, APIError: api_error_handler}
+        if plugin_middleware:
+            # Starlette places middleware outside its own exception handling: without this,
+            # an APIError raised by a plugin's middleware (an auth check) would become a 500.
+            plugin_middleware.insert(0, Middleware(ExceptionMiddleware, handlers=handlers))
         app = Starlette(
             # Plugin routes first: they carry the traffic, and no plugin route can shadow a
             # platform one (collisions are refused when a plugin starts).
             routes=[*plugin_routes, *PLATFORM_ROUTES],
             middleware=plugin_middleware,
-            exception_handlers={
-                HTTPException: http_exception_handler,
-                APIError: api_error_handler,
-                Exception: internal_error_handler,
-            },
+            exception_handlers={**handlers, Exception: internal_error_handler},
         )
         app.state.platform = platform
         app.router.default = self._not_found
@@ -127,8 +125,7 @@ class Gateway:
         await receive()  # lifespan.startup
         phase = "startup"
         try:
-            async with self.platform:
-                self.rebuild()
+            async with self.platform:  # starting the plugins rebuilds the routing
                 await send({"type": "lifespan.startup.complete"})
                 phase = "shutdown"
                 await receive()  # lifespan.shutdown

@@ -106,8 +106,7 @@ class Routing:
             current_platform.reset(tokens[1])
             serving_routing.reset(tokens[0])
             self.in_flight -= 1
-            if self._idle is not None and self.busy <= 0:
-                self._idle.set()
+            self._signal()
 
     def _signal(self) -> None:
         if self._idle is not None and self.busy <= 0:
