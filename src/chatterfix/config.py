@@ -47,9 +47,8 @@ ENV_ALIASES = {
     "CHATTERFIX_PLUGINS_DIR": "plugins.dir",
     "CHATTERFIX_DATA_DIR": "platform.data_dir",
 }
-LIST_KEYS = {"plugins.disabled", "plugins.only"}
 NOT_CONFIG = {"CHATTERFIX_CONFIG", "CHATTERFIX_NO_PLUGIN_COMMANDS"}
-SECRET_MARKERS = ("password", "secret", "token", "api_key", "apikey", "private_key")
+SECRET_MARKERS = ("password", "passwd", "secret", "token", "api_key", "apikey", "private_key")
 
 Watcher = Callable[[str, Any], Any]
 
@@ -64,18 +63,24 @@ def env_flag(value: str | None) -> bool:
 
 
 def parse_env_value(key: str, raw: str) -> Any:
-    """Turn an environment string into a value: lists for list keys, JSON scalars otherwise."""
-    if key in LIST_KEYS and not raw.lstrip().startswith("["):
+    """Turn an environment string into a value of the kind the key's default has.
+
+    Booleans take on/off words, lists take JSON or comma-separated names, numbers take
+    numbers; keys without a default take JSON numbers, booleans, lists and objects, and
+    anything else stays the string it is (``null`` and ``"2024"``-like names included).
+    """
+    default = _get_path(DEFAULTS, key)
+    if isinstance(default, bool):
+        return env_flag(raw)
+    if isinstance(default, list) and not raw.lstrip().startswith("["):
         return [item.strip() for item in raw.split(",") if item.strip()]
-    lowered = raw.strip().lower()
-    if lowered in {"true", "yes", "on", "1"} and key.endswith(("debug", "strict")):
-        return True
-    if lowered in {"false", "no", "off", "0", ""} and key.endswith(("debug", "strict")):
-        return False
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except ValueError:
         return raw
+    if isinstance(default, str) or value is None or isinstance(value, str):
+        return raw
+    return value
 
 
 def env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -147,8 +152,10 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, A
 
 
 def is_secret(key: str) -> bool:
-    lowered = key.lower()
-    return any(marker in lowered for marker in SECRET_MARKERS)
+    """Whether a key holds a secret, judged by its last part (``ai.openai.api_key``)."""
+    words = key.rsplit(".", 1)[-1].lower().replace("-", "_").split("_")
+    name = "_".join(words)
+    return any(marker in words or name.endswith(marker) for marker in SECRET_MARKERS)
 
 
 class Config:
