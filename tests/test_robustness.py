@@ -530,3 +530,123 @@ def test_list_keys_take_json_or_commas() -> None:
         "a",
         "b",
     ]
+
+
+async def test_reload_keeps_sibling_plugins_of_a_shared_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    from chatterfix.manifest import structure_manifest
+    from chatterfix.plugin_sources import Candidate, Loaded
+
+    package = tmp_path / "acme"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "shared.py").write_text("COUNTER = []\n")
+    for name in ("a", "b"):
+        (package / f"{name}.py").write_text("from acme import shared\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def candidate(name: str) -> Candidate:
+        manifest = structure_manifest({"name": f"acme_{name}"}, name)
+        return Candidate(
+            name=f"acme_{name}",
+            origin="entrypoint",
+            location="acme",
+            load=lambda: Loaded(importlib.import_module(f"acme.{name}"), manifest),
+            module_prefixes=("acme",),
+            own_module=f"acme.{name}",
+        )
+
+    platform = Platform(load_entrypoints=False, builtins=False)
+    for name in ("a", "b"):
+        platform.plugins.add_candidate(candidate(name))
+    module_b = sys.modules["acme.b"]
+    async with platform:
+        await platform.plugins.reload_plugin("acme_a")
+    assert sys.modules["acme.b"] is module_b
+    assert platform.plugins.get("acme_a").plugin.shared is module_b.shared
+    for name in [n for n in sys.modules if n == "acme" or n.startswith("acme.")]:
+        del sys.modules[name]
+
+
+async def test_events_reach_one_generation_during_a_reload() -> None:
+    heard: list[tuple[int, str]] = []
+
+    class Watcher:
+        PLUGIN_MANIFEST = {"name": "watcher"}
+        generation = 0
+
+        @hookimpl
+        def register_event_handlers(self) -> list[Any]:
+            generation = self.generation
+            return [("work.*", lambda event: heard.append((generation, event.type)))]
+
+        @hookimpl
+        async def startup(self, platform: Platform) -> None:
+            await platform.events.emit("work.started", {})
+
+    plugin = Watcher()
+    async with Platform(plugins=[plugin], load_entrypoints=False, builtins=False) as platform:
+        plugin.generation = 1
+        await platform.plugins.reload_plugin("watcher")
+    assert heard == [(0, "work.started"), (1, "work.started")]
+
+
+def test_bad_history_size_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATTERFIX_EVENTS__HISTORY_SIZE", "abc")
+    with pytest.raises(ConfigError, match=r"events\.history_size"):
+        Platform(load_entrypoints=False, builtins=False)
+
+
+async def test_errors_raised_in_plugin_middleware_are_json(serve: Any) -> None:
+    from chatterfix import APIError
+
+    class Guard:
+        PLUGIN_MANIFEST = {"name": "guard"}
+
+        @hookimpl
+        def register_middleware(self) -> list[Any]:
+            class RequireKey:
+                def __init__(self, app: Any) -> None:
+                    self.app = app
+
+                async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+                    if scope["type"] == "http" and scope["path"].startswith("/api/"):
+                        raise APIError(401, "an API key is required", "unauthorized")
+                    await self.app(scope, receive, send)
+
+            return [RequireKey]
+
+    async with serve(Platform(plugins=[Guard()], load_entrypoints=False, builtins=False)) as c:
+        refused = await c.get("/api/anything")
+        allowed = await c.get("/health/live")
+    assert refused.status_code == 401
+    assert refused.json()["error"]["message"] == "an API key is required"
+    assert allowed.status_code == 200
+
+
+def test_register_commands_may_be_async_and_take_no_arguments() -> None:
+    import click
+
+    from chatterfix.cli.plugin_commands import commands_by_plugin
+
+    class Tools:
+        PLUGIN_MANIFEST = {"name": "tools"}
+
+        @hookimpl
+        async def register_commands(self, cli: click.Group) -> None:
+            cli.add_command(click.Command("calibrate", callback=lambda: None))
+
+    class Nothing:
+        PLUGIN_MANIFEST = {"name": "nothing"}
+
+        @hookimpl
+        def register_commands(self) -> None:
+            return None
+
+    platform = Platform(plugins=[Tools(), Nothing()], load_entrypoints=False, builtins=False)
+    found = commands_by_plugin(platform)
+    assert list(found["tools"]) == ["calibrate"]
+    assert found["nothing"] == {}
