@@ -22,7 +22,8 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from chatterfix.config import Config
-    from chatterfix.events.bus import Event, EventBus
+    from chatterfix.events.bus import EventBus
+    from chatterfix.events.model import Event, EventError
     from chatterfix.gateway.errors import APIError
     from chatterfix.manifest import ManifestError, PluginManifest
     from chatterfix.platform import Platform, ServiceNotAvailable
@@ -33,7 +34,8 @@ _LAZY = {
     "Platform": "chatterfix.platform",
     "ServiceNotAvailable": "chatterfix.platform",
     "Config": "chatterfix.config",
-    "Event": "chatterfix.events.bus",
+    "Event": "chatterfix.events.model",
+    "EventError": "chatterfix.events.model",
     "EventBus": "chatterfix.events.bus",
     "APIError": "chatterfix.gateway.errors",
     "PluginManifest": "chatterfix.manifest",
@@ -59,6 +61,7 @@ __all__ = [
     "Config",
     "Event",
     "EventBus",
+    "EventError",
     "ManifestError",
     "Platform",
     "PluginManifest",

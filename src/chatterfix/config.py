@@ -34,7 +34,12 @@ DEFAULTS: dict[str, Any] = {
         "health_timeout": 5.0,
         "drain_timeout": 10.0,
     },
-    "events": {"history_size": 1000},
+    "events": {
+        "history_size": 1000,
+        "retry_attempts": 3,
+        "retry_backoff": 0.01,
+        "max_payload_bytes": 262144,
+    },
     "logging": {"level": "INFO"},
 }
 

@@ -18,7 +18,7 @@ import attrs
 from chatterfix import __version__
 from chatterfix.config import Config, ConfigError
 from chatterfix.context import current_platform
-from chatterfix.events.bus import EventBus
+from chatterfix.events.bus import EventBus, RetryPolicy
 from chatterfix.plugins import PluginRecord, PluginRegistry, PluginState, iso_utc
 from chatterfix.seed import enter_platform, leave_platform
 
@@ -61,7 +61,14 @@ class Platform:
     ) -> None:
         self.config = config if isinstance(config, Config) else Config(config)
         _check_numbers(self.config)
-        self.events = EventBus(history_size=int(self.config.get("events.history_size")))
+        self.events = EventBus(
+            history_size=int(self.config.get("events.history_size")),
+            retry=RetryPolicy(
+                attempts=max(1, int(self.config.get("events.retry_attempts"))),
+                backoff=float(self.config.get("events.retry_backoff")),
+            ),
+            max_payload_bytes=int(self.config.get("events.max_payload_bytes")),
+        )
         self.permissions: dict[str, Permission] = {}
         self.ai_providers: dict[str, Any] = {}
         self._owners: dict[tuple[str, str], PluginRecord] = {}
@@ -362,7 +369,14 @@ def _utc_now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-NUMERIC_KEYS = ("plugins.health_timeout", "plugins.drain_timeout", "events.history_size")
+NUMERIC_KEYS = (
+    "plugins.health_timeout",
+    "plugins.drain_timeout",
+    "events.history_size",
+    "events.retry_attempts",
+    "events.retry_backoff",
+    "events.max_payload_bytes",
+)
 
 
 def _check_numbers(config: Config) -> None:

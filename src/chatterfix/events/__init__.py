@@ -1,6 +1,17 @@
-"""Events: the bus, the event model and the standard event types."""
+"""Events: the bus, the event model and its wire form, and the standard event types."""
 
-from chatterfix.events.bus import Event, EventBus, HandlerFailure, Subscription
+from chatterfix.events.bus import DeadLetter, EventBus, RetryPolicy, Subscription
 from chatterfix.events.catalog import SystemEvents
+from chatterfix.events.model import Event, EventError, from_cloudevent, to_cloudevent
 
-__all__ = ["Event", "EventBus", "HandlerFailure", "Subscription", "SystemEvents"]
+__all__ = [
+    "DeadLetter",
+    "Event",
+    "EventBus",
+    "EventError",
+    "RetryPolicy",
+    "Subscription",
+    "SystemEvents",
+    "from_cloudevent",
+    "to_cloudevent",
+]

@@ -1,4 +1,4 @@
-"""In-process event bus: subscriptions with priorities and wildcards, bounded history."""
+"""In-process event bus: priorities, wildcards, retries, dead letters, bounded history."""
 
 from __future__ import annotations
 
@@ -6,39 +6,26 @@ import collections
 import contextvars
 import inspect
 import itertools
-import json
 import logging
 import traceback
-import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
+import anyio
 import attrs
 
 from chatterfix.context import current_plugin_owner, current_request_id
+from chatterfix.events.catalog import SystemEvents
+from chatterfix.events.model import Event, check_pattern, check_type, encode_data
 
-Handler = Callable[["Event"], Awaitable[Any] | Any]
+Handler = Callable[[Event], Awaitable[Any] | Any]
 logger = logging.getLogger("chatterfix.events")
 
 _current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
     "chatterfix_current_event", default=None
 )
-
-
-@attrs.frozen(kw_only=True)
-class Event:
-    """Something that happened. ``data`` is JSON-serialisable."""
-
-    type: str
-    data: dict[str, Any] = attrs.field(factory=dict)
-    source: str = ""
-    id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
-    timestamp: datetime = attrs.field(factory=lambda: datetime.now(UTC))
-    correlation_id: str | None = None
-    causation_id: str | None = None
-    priority: int = 0
 
 
 @attrs.frozen
@@ -53,12 +40,29 @@ class Subscription:
         return self.pattern == event_type or fnmatchcase(event_type, self.pattern)
 
 
-@attrs.frozen
-class HandlerFailure:
+@attrs.frozen(kw_only=True)
+class DeadLetter:
+    """An event one handler could not process, after every retry."""
+
+    id: int
     event: Event
     handler: str
     error: str
     traceback: str
+    attempts: int
+    failed_at: datetime
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How often a failing handler is tried, and how long to wait between tries."""
+
+    attempts: int = 3
+    backoff: float = 0.01  # seconds before the second try; doubles for each further one
+
+    def delays(self) -> Iterator[float]:
+        for attempt in range(self.attempts - 1):
+            yield self.backoff * (2**attempt)
 
 
 def handler_name(handler: Handler) -> str:
@@ -70,15 +74,27 @@ class EventBus:
     """Publish/subscribe inside one process.
 
     ``await emit(...)`` returns after every matching handler ran, in priority order (higher
-    first, then subscription order). A handler that raises is logged and recorded in
-    ``failures``; the others still run.
+    first, then subscription order). A handler that raises is retried with backoff; when it
+    has failed every try, the event goes to the dead letters with the error and
+    ``system.event.handler_failed`` is emitted. The other handlers run regardless.
     """
 
-    def __init__(self, history_size: int = 1000) -> None:
+    def __init__(
+        self,
+        history_size: int = 1000,
+        *,
+        retry: RetryPolicy | None = None,
+        max_payload_bytes: int = 256 * 1024,
+    ) -> None:
         self._subscriptions: list[Subscription] = []
         self._order = itertools.count()
+        self._dead_letter_ids = itertools.count(1)
+        self.retry = retry or RetryPolicy()
+        self.max_payload_bytes = max_payload_bytes
         self.history: collections.deque[Event] = collections.deque(maxlen=history_size)
-        self.failures: collections.deque[HandlerFailure] = collections.deque(maxlen=history_size)
+        self.dead_letters: collections.deque[DeadLetter] = collections.deque(maxlen=history_size)
+
+    # -- subscriptions ---------------------------------------------------------------------
 
     def subscribe(
         self,
@@ -89,6 +105,7 @@ class EventBus:
         owner: object | None = None,
     ) -> Any:
         """Subscribe ``handler`` to ``event_type`` (wildcards allowed); usable as a decorator."""
+        check_pattern(event_type)
 
         def add(function: Handler) -> Handler:
             subscription = Subscription(
@@ -98,8 +115,7 @@ class EventBus:
                 owner if owner is not None else current_plugin_owner.get(),
                 next(self._order),
             )
-            self._subscriptions.append(subscription)
-            self._subscriptions.sort(key=lambda item: (-item.priority, item.order))
+            self.restore([subscription])
             return function
 
         return add if handler is None else add(handler)
@@ -115,9 +131,7 @@ class EventBus:
 
     def unsubscribe_owner(self, owner: object) -> int:
         """Drop every subscription made by ``owner`` (a plugin generation)."""
-        before = len(self._subscriptions)
-        self._subscriptions = [item for item in self._subscriptions if item.owner is not owner]
-        return before - len(self._subscriptions)
+        return len(self.take_owned(owner))
 
     def take_owned(self, owner: object) -> list[Subscription]:
         """Remove and return ``owner``'s subscriptions (to renew them under another owner)."""
@@ -127,12 +141,15 @@ class EventBus:
         return taken
 
     def restore(self, subscriptions: list[Subscription]) -> None:
-        """Put back subscriptions taken with :meth:`take_owned`, in their original order."""
-        self._subscriptions.extend(subscriptions)
-        self._subscriptions.sort(key=lambda item: (-item.priority, item.order))
+        """Add subscriptions (back), keeping priority order, then subscription order."""
+        self._subscriptions = sorted(
+            [*self._subscriptions, *subscriptions], key=lambda item: (-item.priority, item.order)
+        )
 
     def subscriptions(self, owner: object | None = None) -> list[Subscription]:
         return [item for item in self._subscriptions if owner is None or item.owner is owner]
+
+    # -- emitting --------------------------------------------------------------------------
 
     async def emit(
         self,
@@ -143,14 +160,14 @@ class EventBus:
         correlation_id: str | None = None,
         priority: int = 0,
     ) -> Event:
-        """Create an event, run the matching handlers, and return the event."""
+        """Create an event, run the matching handlers, and return the event.
+
+        The correlation id defaults to that of the event being handled (when a handler
+        emits), else to the current gateway request's id.
+        """
+        check_type(event_type)
         payload = {} if data is None else data
-        try:
-            json.dumps(payload)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"event data for {event_type!r} is not JSON-serialisable: {exc}"
-            ) from None
+        encode_data(event_type, payload, self.max_payload_bytes)
         cause = _current_event.get()
         event = Event(
             type=event_type,
@@ -162,27 +179,106 @@ class EventBus:
             causation_id=cause.id if cause else None,
             priority=priority,
         )
-        self.history.append(event)
-        await self._dispatch(event)
+        await self.publish(event)
         return event
 
-    async def _dispatch(self, event: Event) -> None:
+    async def publish(self, event: Event) -> None:
+        """Record an existing event in history and run the matching handlers."""
+        self.history.append(event)
         token = _current_event.set(event)
         try:
             for subscription in [s for s in self._subscriptions if s.matches(event.type)]:
-                await self._run(subscription, event)
+                await self._deliver(subscription.handler, event)
         finally:
             _current_event.reset(token)
 
-    async def _run(self, subscription: Subscription, event: Event) -> None:
-        try:
-            result = subscription.handler(event)
-            if inspect.isawaitable(result):
-                await result
-        except Exception as exc:
-            name = handler_name(subscription.handler)
-            logger.exception("event handler %s failed on %s", name, event.type)
-            self.failures.append(HandlerFailure(event, name, str(exc), traceback.format_exc()))
+    async def _deliver(self, handler: Handler, event: Event) -> bool:
+        """Run one handler on one event, with retries; dead-letter it if all tries fail."""
+        delays = self.retry.delays()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                result = handler(event)
+                if inspect.isawaitable(result):
+                    await result
+                return True
+            except Exception as exc:
+                delay = next(delays, None)
+                if delay is None:
+                    await self._dead_letter(handler, event, exc, attempts)
+                    return False
+                logger.warning(
+                    "event handler %s failed on %s (try %d): %s",
+                    handler_name(handler),
+                    event.type,
+                    attempts,
+                    exc,
+                )
+                await anyio.sleep(delay)
+
+    async def _dead_letter(
+        self, handler: Handler, event: Event, exc: Exception, attempts: int
+    ) -> None:
+        name = handler_name(handler)
+        logger.exception(
+            "event handler %s gave up on %s after %d tries", name, event.type, attempts
+        )
+        letter = DeadLetter(
+            id=next(self._dead_letter_ids),
+            event=event,
+            handler=name,
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(limit=-8),
+            attempts=attempts,
+            failed_at=datetime.now(UTC),
+        )
+        self.dead_letters.append(letter)
+        if event.type != SystemEvents.EVENT_HANDLER_FAILED:  # never a loop of failure reports
+            await self.emit(
+                SystemEvents.EVENT_HANDLER_FAILED,
+                {
+                    "event_id": event.id,
+                    "event_type": event.type,
+                    "handler": name,
+                    "error": letter.error,
+                    "attempts": attempts,
+                    "dead_letter_id": letter.id,
+                },
+                source="platform",
+            )
+
+    async def replay_dead_letters(self, ids: list[int] | None = None) -> dict[int, bool]:
+        """Hand dead letters (all, or those with ``ids``) to their handlers again.
+
+        A letter whose handler now succeeds is removed; one whose handler is no longer
+        subscribed stays. Returns ``{dead_letter_id: succeeded}``.
+        """
+        chosen = [letter for letter in self.dead_letters if ids is None or letter.id in ids]
+        outcome: dict[int, bool] = {}
+        for letter in chosen:
+            handler = next(
+                (
+                    item.handler
+                    for item in self._subscriptions
+                    if handler_name(item.handler) == letter.handler
+                    and item.matches(letter.event.type)
+                ),
+                None,
+            )
+            self.dead_letters.remove(letter)
+            if handler is None:
+                self.dead_letters.append(letter)
+                outcome[letter.id] = False
+                continue
+            token = _current_event.set(letter.event)
+            try:
+                outcome[letter.id] = await self._deliver(handler, letter.event)
+            finally:
+                _current_event.reset(token)
+        return outcome
+
+    # -- history ---------------------------------------------------------------------------
 
     def find(
         self,
@@ -190,13 +286,19 @@ class EventBus:
         *,
         source: str | None = None,
         correlation_id: str | None = None,
-    ) -> Iterable[Event]:
-        """Events from history matching every given filter, oldest first."""
-        for event in self.history:
-            if event_type and not fnmatchcase(event.type, event_type):
-                continue
-            if source and event.source != source:
-                continue
-            if correlation_id and event.correlation_id != correlation_id:
-                continue
-            yield event
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """Events from history matching every given filter, oldest first (the newest
+        ``limit`` of them when a limit is given). ``event_type`` may be a wildcard."""
+        found = [
+            event
+            for event in self.history
+            if (not event_type or fnmatchcase(event.type, event_type))
+            and (not source or event.source == source)
+            and (not correlation_id or event.correlation_id == correlation_id)
+            and (since is None or event.timestamp >= since)
+            and (until is None or event.timestamp <= until)
+        ]
+        return found[-limit:] if limit else found
