@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections.abc import Callable
@@ -650,3 +651,109 @@ def test_register_commands_may_be_async_and_take_no_arguments() -> None:
     found = commands_by_plugin(platform)
     assert list(found["tools"]) == ["calibrate"]
     assert found["nothing"] == {}
+
+
+async def test_sys_exit_in_plugin_code_is_contained(serve: Any) -> None:
+    class Quitter:
+        PLUGIN_MANIFEST = {"name": "quitter"}
+
+        @hookimpl
+        def startup(self) -> None:
+            sys.exit("argparse said no")
+
+    class Sulker:
+        PLUGIN_MANIFEST = {"name": "sulker"}
+
+        @hookimpl
+        def register_routes(self) -> list[Any]:
+            from starlette.routing import Route
+
+            def leave(request: Any) -> None:
+                sys.exit("bye from a handler")
+
+            return [Route("/api/sulker/leave", leave)]
+
+        @hookimpl
+        async def health_check(self) -> dict[str, str]:
+            sys.exit("bye from a health check")
+
+    platform = Platform(plugins=[Quitter(), Sulker()], load_entrypoints=False, builtins=False)
+    seen: list[str] = []
+
+    def exits(event: Event) -> None:
+        seen.append(event.type)
+        sys.exit("bye from an event handler")
+
+    platform.events.subscribe("leave.*", exits)
+    async with serve(platform) as client:
+        left = await client.get("/api/sulker/leave")
+        health = (await client.get("/health")).json()
+        await platform.events.emit("leave.now", {})
+        still = await client.get("/health/live")
+    assert platform.plugins.get("quitter").error_message == (
+        "startup failed: PluginExit: the hook called sys.exit('argparse said no')"
+    )
+    assert left.status_code == 500
+    assert left.json()["error"]["code"] == "internal_error"
+    assert "sys.exit('bye from a health check')" in health["plugins"]["sulker"]["error"]
+    assert platform.events.dead_letters[0].error == "SystemExit: bye from an event handler"
+    assert still.status_code == 200
+
+
+async def test_health_is_unhealthy_only_when_nothing_is_well(serve: Any) -> None:
+    def reporting(name: str, status: str) -> object:
+        def health_check(self: object) -> dict[str, str]:
+            return {"status": status}
+
+        manifest = {"name": name}
+        return type(
+            name, (), {"PLUGIN_MANIFEST": manifest, "health_check": hookimpl(health_check)}
+        )()
+
+    sick = Platform(
+        plugins=[reporting("a", "unhealthy"), reporting("c", "unhealthy")],
+        load_entrypoints=False,
+        builtins=False,
+    )
+    mixed = Platform(
+        plugins=[reporting("a", "unhealthy"), reporting("b", "healthy")],
+        load_entrypoints=False,
+        builtins=False,
+    )
+    async with serve(sick) as client:
+        down = await client.get("/health")
+    async with serve(mixed) as client:
+        partly = await client.get("/health")
+    assert (down.status_code, down.json()["status"]) == (503, "unhealthy")
+    assert (partly.status_code, partly.json()["status"]) == (200, "degraded")
+
+
+async def test_remote_apps_are_not_reported_healthy_without_a_check(serve: Any) -> None:
+    platform = Platform(
+        plugins=[routes_plugin("local", "/api/local/x")], load_entrypoints=False, builtins=False
+    )
+    async with serve(platform) as client:
+        await platform.plugins.register_plugin({"name": "far", "url": "http://127.0.0.1:9"})
+        status = (await client.get("/platform/status")).json()
+        health = (await client.get("/health")).json()
+    assert status["plugins"]["far"]["health"] == "unknown"
+    assert status["plugins"]["far"]["last_heartbeat"] is None
+    assert status["services"]["total_services"] == 1
+    assert health["status"] == "healthy"
+
+
+async def test_a_longer_cycle_is_named_in_order() -> None:
+    def needing(name: str, other: str) -> object:
+        manifest = {"name": name, "dependencies": [other]}
+        return type(name, (), {"PLUGIN_MANIFEST": manifest})()
+
+    plugins = [needing("a", "b"), needing("b", "c"), needing("c", "a")]
+    async with Platform(plugins=plugins, load_entrypoints=False, builtins=False) as platform:
+        messages = {platform.plugins.get(name).error_message for name in "abc"}
+    [message] = messages
+    path = message.removeprefix("dependency cycle: ").split(" -> ")
+    assert path[0] == path[-1]
+    assert sorted(path[:-1]) == ["a", "b", "c"]
+    needs = {"a": "b", "b": "c", "c": "a"}
+    steps = dict(itertools.pairwise(path))
+    assert steps == needs  # read as "a needs b, b needs c, c needs a"

@@ -14,6 +14,10 @@ from chatterfix import hookspecs
 from chatterfix.context import current_plugin_owner
 
 
+class PluginExit(RuntimeError):
+    """A plugin called ``sys.exit()`` inside a hook: contained like any other failure."""
+
+
 def hookspecs_names() -> list[str]:
     """The names of the hooks ChatterFix itself specifies, in declaration order."""
     return [name for name, value in vars(hookspecs).items() if hasattr(value, "chatterfix_spec")]
@@ -37,14 +41,18 @@ async def call_impls(
         for impl in impls:
             function: Callable[..., Any] = impl.function
             args = [kwargs[name] for name in impl.argnames]
-            if sync_in_thread and not inspect.iscoroutinefunction(function):
-                result = await anyio.to_thread.run_sync(
-                    functools.partial(function, *args), abandon_on_cancel=True
-                )
-            else:
-                result = function(*args)
-            if inspect.isawaitable(result):
-                result = await result
+            try:
+                if sync_in_thread and not inspect.iscoroutinefunction(function):
+                    result = await anyio.to_thread.run_sync(
+                        functools.partial(function, *args), abandon_on_cancel=True
+                    )
+                else:
+                    result = function(*args)
+                if inspect.isawaitable(result):
+                    result = await result
+            except SystemExit as exc:
+                # Plugin code must not end the gateway (argparse and click call sys.exit).
+                raise PluginExit(f"the hook called sys.exit({exc.code!r})") from exc
             results.append(result)
     finally:
         current_plugin_owner.reset(token)

@@ -298,14 +298,16 @@ class Platform:
     # -- reports ---------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
-        """Overall health: the gateway is up; plugins' own checks make it degraded."""
+        """Overall health from the plugins meant to run: ``healthy`` when all of them are,
+        ``unhealthy`` when none of them is healthy or degraded, ``degraded`` in between."""
         plugins = await self.plugins.check_health()
-        statuses = [
-            result["status"]
-            for name, result in plugins.items()
-            if self.plugins.records[name].state in (PluginState.RUNNING, PluginState.ERROR)
-        ]
-        status = "healthy" if all(s == "healthy" for s in statuses) else "degraded"
+        statuses = [plugins[record.name]["status"] for record in self._expected_up()]
+        if all(s == "healthy" for s in statuses):
+            status = "healthy"
+        elif all(s == "unhealthy" for s in statuses):
+            status = "unhealthy"
+        else:
+            status = "degraded"
         return {
             "status": status,
             "gateway": "ChatterFix Platform Gateway",
@@ -327,12 +329,7 @@ class Platform:
             }
             for name, record in self.plugins.records.items()
         }
-        # Plugins meant to be up; stopped or never-started ones are not failing services.
-        services = [
-            r
-            for r in self.plugins.records.values()
-            if r.state in (PluginState.RUNNING, PluginState.STARTING, PluginState.ERROR)
-        ]
+        services = self._expected_up()
         healthy = sum(
             1
             for r in services
@@ -350,6 +347,16 @@ class Platform:
             },
             "load_errors": self.load_errors_view(),
         }
+
+    def _expected_up(self) -> list[PluginRecord]:
+        """Plugins meant to be serving: stopped or never-started ones are not failing, and
+        remote apps are judged by service discovery, not here."""
+        return [
+            record
+            for record in self.plugins.records.values()
+            if record.state in (PluginState.RUNNING, PluginState.STARTING, PluginState.ERROR)
+            and not record.is_remote
+        ]
 
     @property
     def shows_tracebacks(self) -> bool:

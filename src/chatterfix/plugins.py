@@ -11,6 +11,7 @@ import graphlib
 import json
 import logging
 import sys
+import time
 import traceback
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -197,7 +198,9 @@ class PluginRegistry:
             for source in sources:
                 for item in source:
                     if isinstance(item, ManifestError):
-                        self._load_error(LoadError("?", item.source, str(item)))
+                        folder = Path(item.source)
+                        name = folder.parent.name if folder.name == "plugin.json" else "?"
+                        self._load_error(LoadError(name, item.source, str(item)))
                     else:
                         self.add_candidate(item)
             self._check_unknown_hooks()
@@ -250,6 +253,7 @@ class PluginRegistry:
 
     def _load(self, candidate: Candidate) -> PluginRecord | None:
         before = set(sys.modules)
+        began = time.perf_counter()
         owner = current_plugin_owner.set(candidate)
         try:
             with self.platform.activated():
@@ -286,6 +290,13 @@ class PluginRegistry:
         )
         if not loaded.manifest.enabled:
             record.state = PluginState.DISABLED
+        logger.debug(
+            "plugin %s %s loaded from %s in %.1f ms",
+            record.name,
+            record.manifest.version,
+            record.location,
+            (time.perf_counter() - began) * 1000,
+        )
         return record
 
     def _register(self, record: PluginRecord) -> bool:
@@ -692,7 +703,10 @@ class PluginRegistry:
         record.routes = routes
         record.middleware = middleware
         record.state = PluginState.RUNNING
-        record.started_at = record.last_heartbeat = _now()
+        record.started_at = _now()
+        if not record.is_remote:  # a remote app's heartbeat comes from its own checks
+            record.last_heartbeat = record.started_at
+        logger.debug("plugin %s running (%d routes)", record.name, len(routes))
         await platform.events.emit(
             SystemEvents.PLUGIN_STARTED, _event_data(record), source="platform"
         )
@@ -793,11 +807,13 @@ class PluginRegistry:
 
         async with anyio.create_task_group() as group:
             for record in self.running():
-                group.start_soon(check, record)
+                if not record.is_remote:  # remote apps are probed by service discovery
+                    group.start_soon(check, record)
         for record in self.records.values():
             if record.name not in results:
                 results[record.name] = {
                     "status": "unhealthy" if record.state is PluginState.ERROR else "unknown",
+                    **({"remote": record.manifest.url} if record.is_remote else {}),
                     "state": record.state.value,
                     **({"error": record.error_message} if record.error_message else {}),
                 }

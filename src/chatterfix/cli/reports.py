@@ -119,7 +119,8 @@ def show_plugins(plugins_dir: Path | None, as_json: bool) -> None:
     if errors:
         console.print(f"[red]{len(errors)} plugin(s) failed to load:[/red]")
         for error in errors:
-            console.print(f"  [bold]{error['name']}[/bold] {error['source']}: {error['message']}")
+            where = "" if error["source"] in error["message"] else f" {error['source']}:"
+            console.print(f"  [bold]{error['name']}[/bold]{where} {error['message']}")
 
 
 def hook_reference() -> list[dict[str, str]]:

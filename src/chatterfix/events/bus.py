@@ -203,7 +203,7 @@ class EventBus:
                 if inspect.isawaitable(result):
                     await result
                 return True
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # a handler must not end the process
                 delay = next(delays, None)
                 if delay is None:
                     await self._dead_letter(handler, event, exc, attempts)
@@ -218,7 +218,7 @@ class EventBus:
                 await anyio.sleep(delay)
 
     async def _dead_letter(
-        self, handler: Handler, event: Event, exc: Exception, attempts: int
+        self, handler: Handler, event: Event, exc: BaseException, attempts: int
     ) -> None:
         name = handler_name(handler)
         logger.exception(

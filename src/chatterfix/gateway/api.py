@@ -25,7 +25,8 @@ def _platform(request: Request) -> Platform:
 
 
 async def health(request: Request) -> Response:
-    return JSONResponse(await _platform(request).health())
+    report = await _platform(request).health()
+    return JSONResponse(report, status_code=503 if report["status"] == "unhealthy" else 200)
 
 
 async def health_live(request: Request) -> Response:

@@ -92,7 +92,8 @@ class Routing:
         )
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
+        except (Exception, SystemExit):
+            # SystemExit too: a handler calling sys.exit() must not stop the server.
             # Starlette has already answered with the JSON 500 of our exception handler
             # when it could; here the error is logged once, and never re-raised to the
             # server unless the response was cut short.
