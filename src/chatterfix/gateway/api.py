@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from chatterfix.gateway import events_api
 from chatterfix.gateway.errors import APIError
 from chatterfix.gateway.routing import exempt_from_drain
 from chatterfix.plugins import PluginActionError, PluginNotFound, PluginRecord
@@ -118,6 +119,9 @@ PLATFORM_ROUTES = [
     Route("/platform/plugins/{name}", show_plugin, methods=["GET"]),
     Route("/platform/plugins/{name}/{action}", plugin_action, methods=["POST"]),
     Route("/platform/routes", list_routes, methods=["GET"]),
+    Route("/platform/events", events_api.list_events, methods=["GET"]),
+    Route("/platform/events", events_api.emit_event, methods=["POST"]),
+    Route("/platform/events/stream", events_api.stream_events, methods=["GET"]),
 ]
 
 

@@ -1,0 +1,60 @@
+"""Helpers shared by the tests that start real gateway processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def gateway(python: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run `python -m chatterfix start` on a free port until /health answers; yield its URL."""
+    port = free_port()
+    log = cwd / f"gateway-{port}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [python, "-m", "chatterfix", "start", "--port", str(port), *args],
+            cwd=cwd,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"gateway exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"gateway did not answer within 60 s:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
