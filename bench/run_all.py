@@ -19,7 +19,7 @@ from typing import Any
 
 from _common import BENCH_DIR, machine_info, print_table
 
-BENCHMARKS = ("cli_help", "startup_plugins", "gateway_rps")
+BENCHMARKS = ("cli_help", "startup_plugins", "gateway_rps", "events_inprocess")
 RESULTS = BENCH_DIR / "results.json"
 TIMEOUT_S = 600
 
@@ -84,6 +84,31 @@ def summary_rows(results: dict[str, Any]) -> list[list[object]]:
                 f"{bare['rps']:.0f} (bare Starlette)",
                 f"{r['ratio_quiet']:.2f}",
                 "",
+                "",
+            ]
+        )
+    if "events_inprocess" in results:
+        r = results["events_inprocess"]
+        for label, key in (("1 handler", "one_handler"), ("10 handlers", "ten_handlers")):
+            row = r[key]
+            rows.append(
+                [
+                    f"events/s emit -> {label}",
+                    f"{row['bus_per_s']:,.0f}",
+                    f"{row['bare_per_s']:,.0f} (bare await loop)",
+                    f"{row['ratio']:.2f}",
+                    ">= 100,000/s" if key == "one_handler" else "",
+                    ("met" if r["target"]["met"] else "MISSED") if key == "one_handler" else "",
+                ]
+            )
+        memory = r["memory"]
+        rows.append(
+            [
+                f"  RSS growth after {memory['events']:,} events",
+                f"{memory['rss_growth_kib']:,} KiB",
+                "",
+                "",
+                "bounded",
                 "",
             ]
         )

@@ -87,6 +87,8 @@ class EventBus:
         max_payload_bytes: int = 256 * 1024,
     ) -> None:
         self._subscriptions: list[Subscription] = []
+        # Which subscriptions each event type reaches, worked out once per type.
+        self._routes: dict[str, list[Subscription]] = {}
         self._order = itertools.count()
         self._dead_letter_ids = itertools.count(1)
         self.retry = retry or RetryPolicy()
@@ -127,6 +129,7 @@ class EventBus:
             for item in self._subscriptions
             if not (item.pattern == event_type and item.handler == handler)
         ]
+        self._routes.clear()
         return len(self._subscriptions) != before
 
     def unsubscribe_owner(self, owner: object) -> int:
@@ -138,6 +141,7 @@ class EventBus:
         taken = [item for item in self._subscriptions if item.owner is owner]
         if taken:
             self._subscriptions = [item for item in self._subscriptions if item.owner is not owner]
+            self._routes.clear()
         return taken
 
     def restore(self, subscriptions: list[Subscription]) -> None:
@@ -145,6 +149,7 @@ class EventBus:
         self._subscriptions = sorted(
             [*self._subscriptions, *subscriptions], key=lambda item: (-item.priority, item.order)
         )
+        self._routes.clear()
 
     def subscriptions(self, owner: object | None = None) -> list[Subscription]:
         return [item for item in self._subscriptions if owner is None or item.owner is owner]
@@ -185,16 +190,21 @@ class EventBus:
     async def publish(self, event: Event) -> None:
         """Record an existing event in history and run the matching handlers."""
         self.history.append(event)
+        route = self._routes.get(event.type)
+        if route is None:
+            route = self._routes[event.type] = [
+                s for s in self._subscriptions if s.matches(event.type)
+            ]
         token = _current_event.set(event)
         try:
-            for subscription in [s for s in self._subscriptions if s.matches(event.type)]:
+            for subscription in route:
                 await self._deliver(subscription.handler, event)
         finally:
             _current_event.reset(token)
 
     async def _deliver(self, handler: Handler, event: Event) -> bool:
         """Run one handler on one event, with retries; dead-letter it if all tries fail."""
-        delays = self.retry.delays()
+        delays: Iterator[float] | None = None
         attempts = 0
         while True:
             attempts += 1
@@ -204,6 +214,7 @@ class EventBus:
                     await result
                 return True
             except (Exception, SystemExit) as exc:  # a handler must not end the process
+                delays = delays or self.retry.delays()
                 delay = next(delays, None)
                 if delay is None:
                     await self._dead_letter(handler, event, exc, attempts)
