@@ -154,14 +154,20 @@ def main() -> None:
             if proc.returncode != 0 or not out.is_file():
                 failures[name] = f"exited with code {proc.returncode}"
                 continue
-            results[name] = json.loads(out.read_text())
+            results[name] = {
+                **json.loads(out.read_text()),
+                "source": revision,
+                "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
 
+    # A partial run (--only) updates its benchmarks and keeps the others' last figures.
+    previous = json.loads(args.output.read_text()) if args.output.is_file() else {}
     document = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "source": revision,
         "duration_s": round(time.perf_counter() - started, 1),
-        "results": results,
+        "results": {**previous.get("results", {}), **results},
         "failures": failures,
     }
     args.output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
