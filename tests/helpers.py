@@ -58,3 +58,15 @@ def gateway(python: str, *args: str, cwd: Path, env: dict[str, str] | None = Non
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def require_service(port: int, name: str) -> None:
+    """Skip when a loopback service is down, except in CI, where that is a failure."""
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        if sock.connect_ex(("127.0.0.1", port)) == 0:
+            return
+    message = f"{name} is not reachable on 127.0.0.1:{port}"
+    if os.environ.get("CI") == "true" or os.environ.get("CHATTERFIX_REQUIRE_SERVICES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)

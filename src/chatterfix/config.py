@@ -39,6 +39,10 @@ DEFAULTS: dict[str, Any] = {
         "retry_attempts": 3,
         "retry_backoff": 0.01,
         "max_payload_bytes": 262144,
+        "backend": "memory",
+        "stream": "chatterfix:events",
+        "group": "",
+        "claim_idle": 30.0,
     },
     "logging": {"level": "INFO"},
 }

@@ -19,6 +19,7 @@ from chatterfix import __version__
 from chatterfix.config import Config, ConfigError
 from chatterfix.context import current_platform
 from chatterfix.events.bus import EventBus, RetryPolicy
+from chatterfix.events.transports import Transport, default_group, transport_for
 from chatterfix.plugins import PluginRecord, PluginRegistry, PluginState, iso_utc
 from chatterfix.seed import enter_platform, leave_platform
 
@@ -77,6 +78,7 @@ class Platform:
         self._gateway: Gateway | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
+        self._consumer: anyio.CancelScope | None = None
         self.started = False
         self.started_at: datetime | None = None
         self._started_monotonic = time.monotonic()
@@ -260,6 +262,7 @@ class Platform:
         try:
             with self.activated():
                 await self.plugins.start_all_plugins()
+            await self._connect_events()
         except BaseException:
             with anyio.CancelScope(shield=True), self.activated():
                 await self.plugins.stop_all_plugins()
@@ -281,14 +284,44 @@ class Platform:
         if not self.started:
             return
         try:
+            if self._consumer is not None:
+                self._consumer.cancel()  # unacknowledged events stay with the broker
             with self.activated():
                 await self.plugins.stop_all_plugins()
         finally:
             self.started = False
             await self._close()
 
+    async def _connect_events(self) -> None:
+        """Join the broker named by ``events.backend``, once the plugins have subscribed."""
+        transport = transport_for(
+            str(self.config.get("events.backend")),
+            group=str(self.config.get("events.group"))
+            or default_group(self.config.get("gateway.port")),
+            stream=str(self.config.get("events.stream")),
+            claim_idle=float(self.config.get("events.claim_idle")),
+        )
+        if transport is None:
+            return
+        await transport.open()
+        self.events.transport = transport
+        assert self._task_group is not None
+        await self._task_group.start(self._consume_events, transport)
+
+    async def _consume_events(
+        self, transport: Transport, *, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        with anyio.CancelScope() as scope, self.activated():
+            self._consumer = scope
+            await transport.consume(self.events.receive, task_status=task_status)
+
     async def _close(self) -> None:
         leave_platform(self)
+        self._consumer = None
+        transport, self.events.transport = self.events.transport, None
+        if transport is not None:
+            with anyio.CancelScope(shield=True):
+                await transport.aclose()
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
         if self._exit_stack is not None:
@@ -383,6 +416,7 @@ NUMERIC_KEYS = (
     "events.retry_attempts",
     "events.retry_backoff",
     "events.max_payload_bytes",
+    "events.claim_idle",
 )
 
 

@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
@@ -20,7 +20,11 @@ from chatterfix.context import current_plugin_owner, current_request_id
 from chatterfix.events.catalog import SystemEvents
 from chatterfix.events.model import Event, check_pattern, check_type, encode_data
 
+if TYPE_CHECKING:
+    from chatterfix.events.transports import Transport
+
 Handler = Callable[[Event], Awaitable[Any] | Any]
+REMEMBERED_IDS = 100_000  # enough to cover any redelivery window of a broker
 logger = logging.getLogger("chatterfix.events")
 
 _current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
@@ -95,6 +99,10 @@ class EventBus:
         self.max_payload_bytes = max_payload_bytes
         self.history: collections.deque[Event] = collections.deque(maxlen=history_size)
         self.dead_letters: collections.deque[DeadLetter] = collections.deque(maxlen=history_size)
+        # Set by the platform when events.backend names a broker.
+        self.transport: Transport | None = None
+        # Ids of the events delivered here, newest last: a broker delivers at least once.
+        self._delivered: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # -- subscriptions ---------------------------------------------------------------------
 
@@ -184,8 +192,23 @@ class EventBus:
             causation_id=cause.id if cause else None,
             priority=priority,
         )
+        self._remember(event.id)
         await self.publish(event)
+        if self.transport is not None:
+            await self.transport.publish(event)
         return event
+
+    async def receive(self, event: Event) -> None:
+        """An event from another process: delivered here once, whatever the broker does."""
+        if event.id in self._delivered:
+            return
+        self._remember(event.id)
+        await self.publish(event)
+
+    def _remember(self, event_id: str) -> None:
+        self._delivered[event_id] = None
+        if len(self._delivered) > REMEMBERED_IDS:
+            self._delivered.popitem(last=False)
 
     async def publish(self, event: Event) -> None:
         """Record an existing event in history and run the matching handlers."""

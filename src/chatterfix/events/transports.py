@@ -1,0 +1,192 @@
+"""Carrying events between processes: Redis Streams.
+
+A transport publishes every event emitted in this process to a broker, and hands every event
+another process published to the local bus. Delivery is at least once: an event is
+acknowledged to the broker only after the local handlers ran, so a process that dies midway
+gets it again; the bus drops an event id it has already delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+
+from chatterfix.events.model import Event, EventError, from_cloudevent, to_cloudevent
+
+logger = logging.getLogger("chatterfix.events")
+
+Deliver = Callable[[Event], Awaitable[None]]
+
+
+class TransportError(RuntimeError):
+    """The broker could not be reached or refused an operation."""
+
+
+class Transport(Protocol):
+    """What the bus needs from a broker."""
+
+    name: str
+
+    async def open(self) -> None:
+        """Connect, and create what the consumer needs (stream, group)."""
+
+    async def publish(self, event: Event) -> None:
+        """Send one event to every other process."""
+
+    async def consume(
+        self, deliver: Deliver, *, task_status: anyio.abc.TaskStatus[None] = ...
+    ) -> None:
+        """Hand incoming events to ``deliver`` until cancelled; acknowledge each after."""
+
+    async def aclose(self) -> None:
+        """Disconnect."""
+
+
+def default_group(port: object) -> str:
+    """A consumer group per gateway process: host and port identify it across restarts."""
+    return f"{socket.gethostname()}-{port}"
+
+
+class RedisStreamsTransport:
+    """Redis Streams: one stream, one consumer group per process (so that every process
+    receives every event), explicit ``XACK`` after handling, and entries left pending by a
+    consumer that died re-claimed with ``XAUTOCLAIM`` once idle for ``claim_idle`` seconds.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream: str = "chatterfix:events",
+        group: str,
+        claim_idle: float = 30.0,
+        max_length: int = 100_000,
+        batch: int = 100,
+    ) -> None:
+        self.url = url
+        self.stream = stream
+        self.group = group
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self.claim_idle_ms = int(claim_idle * 1000)
+        self.max_length = max_length
+        self.batch = batch
+        self._redis: Any = None
+
+    async def open(self) -> None:
+        try:
+            import redis.asyncio as redis
+            from redis.exceptions import RedisError, ResponseError
+        except ImportError:
+            raise TransportError(
+                "events.backend is a redis:// URL but the redis package is not installed: "
+                "pip install 'chatterfix[redis]'"
+            ) from None
+
+        self._redis = redis.from_url(self.url)
+        try:
+            await self._redis.xgroup_create(self.stream, self.group, id="$", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):  # the group exists: resume where it left off
+                raise TransportError(f"redis {self.url}: {exc}") from None
+        except RedisError as exc:
+            raise TransportError(f"redis {self.url} is unreachable: {exc}") from None
+
+    async def publish(self, event: Event) -> None:
+        from redis.exceptions import RedisError
+
+        payload = json.dumps(to_cloudevent(event), separators=(",", ":"))
+        try:
+            await self._redis.xadd(
+                self.stream, {"event": payload}, maxlen=self.max_length, approximate=True
+            )
+        except RedisError as exc:
+            raise TransportError(
+                f"redis {self.url}: publishing {event.type} failed: {exc}"
+            ) from None
+
+    async def consume(
+        self,
+        deliver: Deliver,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        from redis.exceptions import RedisError
+
+        task_status.started()
+        pause = 0.1
+        while True:
+            try:
+                await self._consume_until_error(deliver)
+            except RedisError as exc:
+                # The broker went away: keep the gateway up, retry with growing pauses.
+                logger.error("redis %s: %s; retrying in %.1fs", self.url, exc, pause)
+                await anyio.sleep(pause)
+                pause = min(pause * 2, 10.0)
+
+    async def _consume_until_error(self, deliver: Deliver) -> None:
+        await self._claim_stale(deliver)
+        while True:
+            entries = await self._redis.xreadgroup(
+                self.group, self.consumer, {self.stream: ">"}, count=self.batch, block=1000
+            )
+            if not entries:
+                await self._claim_stale(deliver)  # quiet moment: look for orphaned entries
+                continue
+            for _stream, messages in entries:
+                for message_id, fields in messages:
+                    await self._handle(deliver, message_id, fields)
+
+    async def _claim_stale(self, deliver: Deliver) -> None:
+        """Take over entries another consumer of this group read but never acknowledged."""
+        start = "0-0"
+        while True:
+            reply = await self._redis.xautoclaim(
+                self.stream,
+                self.group,
+                self.consumer,
+                min_idle_time=self.claim_idle_ms,
+                start_id=start,
+                count=self.batch,
+            )
+            start, messages = reply[0], reply[1]
+            for message_id, fields in messages:
+                if fields:  # an entry trimmed from the stream comes back empty
+                    await self._handle(deliver, message_id, fields)
+                else:
+                    await self._redis.xack(self.stream, self.group, message_id)
+            if start in (b"0-0", "0-0"):
+                return
+
+    async def _handle(self, deliver: Deliver, message_id: Any, fields: dict[Any, Any]) -> None:
+        raw = fields.get(b"event") or fields.get("event") or b""
+        try:
+            event = from_cloudevent(json.loads(raw))
+        except (TypeError, ValueError, EventError) as exc:
+            # Unreadable: no retry will help; log it and let the stream move on.
+            logger.error("dropping unreadable entry %s from %s: %s", message_id, self.stream, exc)
+        else:
+            await deliver(event)
+        await self._redis.xack(self.stream, self.group, message_id)
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+
+def transport_for(backend: str, *, group: str, stream: str, claim_idle: float) -> Transport | None:
+    """The transport named by ``events.backend``: ``memory`` (none) or a ``redis://`` URL."""
+    if backend in ("", "memory"):
+        return None
+    if backend.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStreamsTransport(backend, stream=stream, group=group, claim_idle=claim_idle)
+    raise TransportError(f"events.backend = {backend!r}: expected 'memory' or a redis:// URL")

@@ -1,0 +1,198 @@
+"""Events across processes through Redis Streams (the machine's real Redis)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from chatterfix import Event, Platform
+from tests.helpers import free_port, gateway, require_service
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(autouse=True)
+def _redis_up() -> None:
+    require_service(6379, "Redis")
+
+
+@pytest.fixture
+def stream() -> str:
+    return f"chatterfix-test:{uuid.uuid4().hex}"
+
+
+def redis_platform(stream: str, group: str, **events: Any) -> Platform:
+    config = {"events": {"backend": REDIS, "stream": stream, "group": group, **events}}
+    return Platform(config=config, load_entrypoints=False, builtins=False)
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float = 10) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await anyio.sleep(0.02)
+    raise TimeoutError(f"not reached within {seconds} s")
+
+
+@pytest.mark.anyio
+async def test_two_platforms_share_events_both_ways_once_each(stream: str) -> None:
+    first, second = redis_platform(stream, "first"), redis_platform(stream, "second")
+    heard: dict[str, list[str]] = {"first": [], "second": []}
+    first.events.subscribe("cmms.*", lambda event: heard["first"].append(event.id))
+    second.events.subscribe("cmms.*", lambda event: heard["second"].append(event.id))
+    async with first, second:
+        one = await first.events.emit("cmms.work_order.created", {"work_order_id": 1})
+        two = await second.events.emit("cmms.asset.updated", {"asset_id": 2})
+        await wait_for(lambda: len(heard["first"]) == 2 and len(heard["second"]) == 2)
+        await anyio.sleep(0.3)  # anything duplicated would arrive by now
+    assert sorted(heard["first"]) == sorted(heard["second"]) == sorted([one.id, two.id])
+    received = next(e for e in second.events.history if e.id == one.id)
+    assert received.data == {"work_order_id": 1}
+    assert received.timestamp == one.timestamp
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_broker_is_a_clear_error() -> None:
+    platform = Platform(
+        config={"events": {"backend": f"redis://127.0.0.1:{free_port()}/0", "group": "g"}},
+        load_entrypoints=False,
+        builtins=False,
+    )
+    with pytest.raises(Exception, match="unreachable"):
+        async with platform:
+            pass
+
+
+@pytest.mark.slow
+def test_separate_processes_share_events_both_ways(stream: str, tmp_path: Path) -> None:
+    env = {
+        "CHATTERFIX_EVENTS__BACKEND": REDIS,
+        "CHATTERFIX_EVENTS__STREAM": stream,
+        "CHATTERFIX_EVENTS__GROUP": "remote",
+    }
+
+    async def exchange(url: str) -> None:
+        local = redis_platform(stream, "local")
+        heard: list[Event] = []
+        local.events.subscribe("erp.*", heard.append)
+        async with local, httpx.AsyncClient() as client:
+            sent = await local.events.emit("cmms.work_order.created", {"work_order_id": 3})
+
+            for _ in range(200):
+                reply = await client.get(url + "/platform/events?type=cmms.*")
+                if sent.id in [event["id"] for event in reply.json()["events"]]:
+                    break
+                await anyio.sleep(0.05)
+            else:
+                raise AssertionError("the event did not reach the other process")
+            reply = await client.post(
+                url + "/platform/events", json={"type": "erp.order.shipped", "data": {"n": 1}}
+            )
+            await wait_for(lambda: [e.id for e in heard] == [reply.json()["id"]])
+
+    with gateway(sys.executable, cwd=tmp_path, env=env) as url:
+        anyio.run(exchange, url)
+
+
+CONSUMER = """
+import os
+import chatterfix
+
+LOG = os.environ["EVENT_LOG"]
+
+
+@chatterfix.hookimpl
+def register_event_handlers(platform):
+    def record(event):
+        with open(LOG, "a") as log:
+            log.write(event.data["id"] + "\\n")
+    return [("load.item", record)]
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_consumer_loses_nothing(stream: str, tmp_path: Path) -> None:
+    apps = tmp_path / "apps" / "consumer"
+    apps.mkdir(parents=True)
+    (apps / "plugin.json").write_text(json.dumps({"name": "consumer"}))
+    (apps / "main.py").write_text(CONSUMER)
+    log = tmp_path / "handled.txt"
+    env = {
+        **os.environ,
+        "CHATTERFIX_EVENTS__BACKEND": REDIS,
+        "CHATTERFIX_EVENTS__STREAM": stream,
+        "CHATTERFIX_EVENTS__GROUP": "consumers",
+        "CHATTERFIX_EVENTS__CLAIM_IDLE": "0.5",
+        "CHATTERFIX_PLUGINS_DIR": str(tmp_path / "apps"),
+        "EVENT_LOG": str(log),
+    }
+    command = [sys.executable, "-m", "chatterfix", "start", "--no-access-log", "--port"]
+    total = 10_000
+
+    def handled() -> list[str]:
+        return log.read_text().split() if log.exists() else []
+
+    def start_consumer() -> subprocess.Popen[bytes]:
+        port = free_port()
+        process = subprocess.Popen(
+            [*command, str(port)],
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30  # ready (its consumer group exists) once it answers
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).is_success:
+                    return process
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise AssertionError("the consumer did not start")
+
+    async def publish() -> list[str]:
+        producer = redis_platform(stream, "producer")
+        async with producer:
+            return [
+                (await producer.events.emit("load.item", {"id": f"item-{n}"})).data["id"]
+                for n in range(total)
+            ]
+
+    consumer = start_consumer()
+    sent: list[str] = []
+    publisher = threading.Thread(target=lambda: sent.extend(anyio.run(publish)))
+    try:
+        publisher.start()  # the consumer dies while events are still coming in
+        deadline = time.monotonic() + 30
+        while len(handled()) < 500 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.killpg(consumer.pid, signal.SIGKILL)
+        consumer.wait()
+        killed_at = len(handled())
+        publisher.join(timeout=60)
+        consumer = start_consumer()
+        deadline = time.monotonic() + 60
+        while set(handled()) < set(sent) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        os.killpg(consumer.pid, signal.SIGTERM)
+        consumer.wait(timeout=15)
+    ids = handled()
+    assert 0 < killed_at < total, "the consumer was killed in the middle of the stream"
+    assert set(ids) == set(sent), f"lost {len(set(sent) - set(ids))} events"
+    duplicates = len(ids) - len(set(ids))
+    assert duplicates <= 100  # at most the batch being handled when the consumer died
