@@ -1,4 +1,4 @@
-"""Carrying events between processes: Redis Streams.
+"""Carrying events between processes: Redis Streams and NATS JetStream.
 
 A transport publishes every event emitted in this process to a broker, and hands every event
 another process published to the local bus. Delivery is at least once: an event is
@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -183,10 +185,127 @@ class RedisStreamsTransport:
             self._redis = None
 
 
+class NatsJetStreamTransport:
+    """NATS JetStream: one stream (subjects ``<prefix>.<event type>``), a durable pull
+    consumer per process (so that every process receives every event), explicit acks, and
+    redelivery of what a dead consumer left unacknowledged after ``claim_idle`` seconds.
+    Publishing sets ``Nats-Msg-Id`` to the event id, so the server drops a repeated publish.
+    """
+
+    name = "nats"
+
+    def __init__(
+        self, url: str, *, stream: str, group: str, claim_idle: float = 30.0, batch: int = 100
+    ) -> None:
+        self.url = url
+        self.stream = re.sub(r"[^A-Za-z0-9_-]", "_", stream)
+        self.prefix = ".".join(re.sub(r"[^A-Za-z0-9_-]", "_", part) for part in stream.split(":"))
+        self.durable = re.sub(r"[^A-Za-z0-9_-]", "_", group)
+        self.claim_idle = claim_idle
+        self.batch = batch
+        self._nats: Any = None
+        self._jetstream: Any = None
+
+    async def open(self) -> None:
+        try:
+            import nats
+            from nats.errors import Error as NatsError
+            from nats.js.errors import NotFoundError
+        except ImportError:
+            raise TransportError(
+                "events.backend is a nats:// URL but nats-py is not installed: "
+                "pip install 'chatterfix[nats]'"
+            ) from None
+        await self._check_reachable()
+        try:
+            # Reconnect for as long as the gateway runs; the check above failed fast instead.
+            self._nats = await nats.connect(
+                self.url, connect_timeout=5, max_reconnect_attempts=-1, allow_reconnect=True
+            )
+        except (OSError, NatsError) as exc:
+            raise TransportError(f"nats {self.url} is unreachable: {exc}") from None
+        self._jetstream = self._nats.jetstream()
+        try:
+            await self._jetstream.stream_info(self.stream)
+        except NotFoundError:
+            await self._jetstream.add_stream(name=self.stream, subjects=[f"{self.prefix}.>"])
+
+    async def _check_reachable(self) -> None:
+        parts = urllib.parse.urlsplit(self.url)
+        try:
+            with anyio.fail_after(5):
+                connection = await anyio.connect_tcp(
+                    parts.hostname or "127.0.0.1", parts.port or 4222
+                )
+            await connection.aclose()
+        except (OSError, TimeoutError) as exc:
+            raise TransportError(f"nats {self.url} is unreachable: {exc}") from None
+
+    async def publish(self, event: Event) -> None:
+        from nats.errors import Error as NatsError
+
+        payload = json.dumps(to_cloudevent(event), separators=(",", ":")).encode()
+        try:
+            await self._jetstream.publish(
+                f"{self.prefix}.{event.type}",
+                payload,
+                stream=self.stream,
+                headers={"Nats-Msg-Id": event.id},
+            )
+        except NatsError as exc:
+            raise TransportError(
+                f"nats {self.url}: publishing {event.type} failed: {exc}"
+            ) from None
+
+    async def consume(
+        self,
+        deliver: Deliver,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        from nats.errors import Error as NatsError
+        from nats.errors import TimeoutError as FetchTimeout
+        from nats.js.api import ConsumerConfig
+
+        subscription = await self._jetstream.pull_subscribe(
+            f"{self.prefix}.>",
+            durable=self.durable,
+            stream=self.stream,
+            config=ConsumerConfig(ack_wait=self.claim_idle),
+        )
+        task_status.started()
+        while True:
+            try:
+                messages = await subscription.fetch(self.batch, timeout=1)
+            except FetchTimeout:
+                continue
+            except NatsError as exc:
+                logger.error("nats %s: %s; retrying", self.url, exc)
+                await anyio.sleep(1)
+                continue
+            for message in messages:
+                try:
+                    event = from_cloudevent(json.loads(message.data))
+                except (ValueError, EventError) as exc:
+                    logger.error("dropping unreadable message from %s: %s", self.stream, exc)
+                else:
+                    await deliver(event)
+                await message.ack()
+
+    async def aclose(self) -> None:
+        if self._nats is not None:
+            await self._nats.close()
+            self._nats = None
+
+
 def transport_for(backend: str, *, group: str, stream: str, claim_idle: float) -> Transport | None:
-    """The transport named by ``events.backend``: ``memory`` (none) or a ``redis://`` URL."""
+    """The transport named by ``events.backend``: ``memory`` (none), or a broker URL."""
     if backend in ("", "memory"):
         return None
     if backend.startswith(("redis://", "rediss://", "unix://")):
         return RedisStreamsTransport(backend, stream=stream, group=group, claim_idle=claim_idle)
-    raise TransportError(f"events.backend = {backend!r}: expected 'memory' or a redis:// URL")
+    if backend.startswith(("nats://", "tls://")):
+        return NatsJetStreamTransport(backend, stream=stream, group=group, claim_idle=claim_idle)
+    raise TransportError(
+        f"events.backend = {backend!r}: expected 'memory', a redis:// URL or a nats:// URL"
+    )

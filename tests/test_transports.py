@@ -1,7 +1,11 @@
-"""Events across processes through Redis Streams (the machine's real Redis)."""
+"""Events across processes through each broker transport (the machine's real Redis and NATS).
+
+The same tests run unchanged against every transport.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,9 +14,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
@@ -21,21 +24,46 @@ import pytest
 from chatterfix import Event, Platform
 from tests.helpers import free_port, gateway, require_service
 
-REDIS = "redis://127.0.0.1:6379/0"
+BROKERS = {
+    "redis": ("redis://127.0.0.1:6379/0", 6379, "Redis"),
+    "nats": ("nats://127.0.0.1:4222", 4222, "NATS"),
+}
 
 
-@pytest.fixture(autouse=True)
-def _redis_up() -> None:
-    require_service(6379, "Redis")
+@pytest.fixture(params=sorted(BROKERS))
+def broker(request: pytest.FixtureRequest) -> str:
+    url, port, name = BROKERS[request.param]
+    require_service(port, name)
+    return url
 
 
 @pytest.fixture
-def stream() -> str:
-    return f"chatterfix-test:{uuid.uuid4().hex}"
+def stream(broker: str) -> Iterator[str]:
+    name = f"chatterfix-test:{uuid.uuid4().hex[:12]}"
+    yield name
+    anyio.run(remove_stream, broker, name)
 
 
-def redis_platform(stream: str, group: str, **events: Any) -> Platform:
-    config = {"events": {"backend": REDIS, "stream": stream, "group": group, **events}}
+async def remove_stream(broker: str, name: str) -> None:
+    """Leave the broker as it was: test streams are not kept."""
+    if broker.startswith("redis"):
+        import redis.asyncio as redis
+
+        client = redis.from_url(broker)
+        await client.delete(name)
+        await client.aclose()
+    else:
+        import nats
+        from nats.js.errors import NotFoundError
+
+        client = await nats.connect(broker)
+        with contextlib.suppress(NotFoundError):
+            await client.jetstream().delete_stream(name.replace(":", "_"))
+        await client.close()
+
+
+def broker_platform(broker: str, stream: str, group: str) -> Platform:
+    config = {"events": {"backend": broker, "stream": stream, "group": group}}
     return Platform(config=config, load_entrypoints=False, builtins=False)
 
 
@@ -48,8 +76,9 @@ async def wait_for(condition: Callable[[], bool], seconds: float = 10) -> None:
 
 
 @pytest.mark.anyio
-async def test_two_platforms_share_events_both_ways_once_each(stream: str) -> None:
-    first, second = redis_platform(stream, "first"), redis_platform(stream, "second")
+async def test_two_platforms_share_events_both_ways_once_each(broker: str, stream: str) -> None:
+    first = broker_platform(broker, stream, "first")
+    second = broker_platform(broker, stream, "second")
     heard: dict[str, list[str]] = {"first": [], "second": []}
     first.events.subscribe("cmms.*", lambda event: heard["first"].append(event.id))
     second.events.subscribe("cmms.*", lambda event: heard["second"].append(event.id))
@@ -65,9 +94,10 @@ async def test_two_platforms_share_events_both_ways_once_each(stream: str) -> No
 
 
 @pytest.mark.anyio
-async def test_an_unreachable_broker_is_a_clear_error() -> None:
+@pytest.mark.parametrize("scheme", ["redis", "nats"])
+async def test_an_unreachable_broker_is_a_clear_error(scheme: str) -> None:
     platform = Platform(
-        config={"events": {"backend": f"redis://127.0.0.1:{free_port()}/0", "group": "g"}},
+        config={"events": {"backend": f"{scheme}://127.0.0.1:{free_port()}", "group": "g"}},
         load_entrypoints=False,
         builtins=False,
     )
@@ -77,15 +107,17 @@ async def test_an_unreachable_broker_is_a_clear_error() -> None:
 
 
 @pytest.mark.slow
-def test_separate_processes_share_events_both_ways(stream: str, tmp_path: Path) -> None:
+def test_separate_processes_share_events_both_ways(
+    broker: str, stream: str, tmp_path: Path
+) -> None:
     env = {
-        "CHATTERFIX_EVENTS__BACKEND": REDIS,
+        "CHATTERFIX_EVENTS__BACKEND": broker,
         "CHATTERFIX_EVENTS__STREAM": stream,
         "CHATTERFIX_EVENTS__GROUP": "remote",
     }
 
     async def exchange(url: str) -> None:
-        local = redis_platform(stream, "local")
+        local = broker_platform(broker, stream, "local")
         heard: list[Event] = []
         local.events.subscribe("erp.*", heard.append)
         async with local, httpx.AsyncClient() as client:
@@ -124,7 +156,7 @@ def register_event_handlers(platform):
 
 
 @pytest.mark.slow
-def test_a_killed_consumer_loses_nothing(stream: str, tmp_path: Path) -> None:
+def test_a_killed_consumer_loses_nothing(broker: str, stream: str, tmp_path: Path) -> None:
     apps = tmp_path / "apps" / "consumer"
     apps.mkdir(parents=True)
     (apps / "plugin.json").write_text(json.dumps({"name": "consumer"}))
@@ -132,7 +164,7 @@ def test_a_killed_consumer_loses_nothing(stream: str, tmp_path: Path) -> None:
     log = tmp_path / "handled.txt"
     env = {
         **os.environ,
-        "CHATTERFIX_EVENTS__BACKEND": REDIS,
+        "CHATTERFIX_EVENTS__BACKEND": broker,
         "CHATTERFIX_EVENTS__STREAM": stream,
         "CHATTERFIX_EVENTS__GROUP": "consumers",
         "CHATTERFIX_EVENTS__CLAIM_IDLE": "0.5",
@@ -165,7 +197,7 @@ def test_a_killed_consumer_loses_nothing(stream: str, tmp_path: Path) -> None:
         raise AssertionError("the consumer did not start")
 
     async def publish() -> list[str]:
-        producer = redis_platform(stream, "producer")
+        producer = broker_platform(broker, stream, "producer")
         async with producer:
             return [
                 (await producer.events.emit("load.item", {"id": f"item-{n}"})).data["id"]
