@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import urllib.parse
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -51,6 +52,12 @@ class Transport(Protocol):
         """Disconnect."""
 
 
+def new_origin() -> str:
+    """Marks what one transport published, so that its consumer can acknowledge its own
+    events without reading them: the local subscribers have had them already."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def default_group(port: object) -> str:
     """A consumer group per gateway process: host and port identify it across restarts."""
     return f"{socket.gethostname()}-{port}"
@@ -78,6 +85,7 @@ class RedisStreamsTransport:
         self.stream = stream
         self.group = group
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self.origin = new_origin()
         self.claim_idle_ms = int(claim_idle * 1000)
         self.max_length = max_length
         self.batch = batch
@@ -108,7 +116,10 @@ class RedisStreamsTransport:
         payload = json.dumps(to_cloudevent(event), separators=(",", ":"))
         try:
             await self._redis.xadd(
-                self.stream, {"event": payload}, maxlen=self.max_length, approximate=True
+                self.stream,
+                {"event": payload, "origin": self.origin},
+                maxlen=self.max_length,
+                approximate=True,
             )
         except RedisError as exc:
             raise TransportError(
@@ -144,8 +155,7 @@ class RedisStreamsTransport:
                 await self._claim_stale(deliver)  # quiet moment: look for orphaned entries
                 continue
             for _stream, messages in entries:
-                for message_id, fields in messages:
-                    await self._handle(deliver, message_id, fields)
+                await self._handle_batch(deliver, messages)
 
     async def _claim_stale(self, deliver: Deliver) -> None:
         """Take over entries another consumer of this group read but never acknowledged."""
@@ -160,15 +170,23 @@ class RedisStreamsTransport:
                 count=self.batch,
             )
             start, messages = reply[0], reply[1]
-            for message_id, fields in messages:
-                if fields:  # an entry trimmed from the stream comes back empty
-                    await self._handle(deliver, message_id, fields)
-                else:
-                    await self._redis.xack(self.stream, self.group, message_id)
+            await self._handle_batch(deliver, messages)
             if start in (b"0-0", "0-0"):
                 return
 
+    async def _handle_batch(self, deliver: Deliver, messages: list[Any]) -> None:
+        """Deliver a batch, then acknowledge it in one round trip: a crash in between means
+        at most this batch comes again (and the bus drops what it already delivered)."""
+        for message_id, fields in messages:
+            await self._handle(deliver, message_id, fields)
+        if messages:
+            await self._redis.xack(self.stream, self.group, *[item[0] for item in messages])
+
     async def _handle(self, deliver: Deliver, message_id: Any, fields: dict[Any, Any]) -> None:
+        if not fields:  # an entry trimmed from the stream comes back empty
+            return
+        if (fields.get(b"origin") or b"").decode() == self.origin:
+            return  # our own: the local subscribers had it when it was emitted
         raw = fields.get(b"event") or fields.get("event") or b""
         try:
             event = from_cloudevent(json.loads(raw))
@@ -177,12 +195,14 @@ class RedisStreamsTransport:
             logger.error("dropping unreadable entry %s from %s: %s", message_id, self.stream, exc)
         else:
             await deliver(event)
-        await self._redis.xack(self.stream, self.group, message_id)
 
     async def aclose(self) -> None:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+
+
+ORIGIN_HEADER = "Chatterfix-Origin"
 
 
 class NatsJetStreamTransport:
@@ -201,6 +221,7 @@ class NatsJetStreamTransport:
         self.stream = re.sub(r"[^A-Za-z0-9_-]", "_", stream)
         self.prefix = ".".join(re.sub(r"[^A-Za-z0-9_-]", "_", part) for part in stream.split(":"))
         self.durable = re.sub(r"[^A-Za-z0-9_-]", "_", group)
+        self.origin = new_origin()
         self.claim_idle = claim_idle
         self.batch = batch
         self._nats: Any = None
@@ -250,7 +271,7 @@ class NatsJetStreamTransport:
                 f"{self.prefix}.{event.type}",
                 payload,
                 stream=self.stream,
-                headers={"Nats-Msg-Id": event.id},
+                headers={"Nats-Msg-Id": event.id, ORIGIN_HEADER: self.origin},
             )
         except NatsError as exc:
             raise TransportError(
@@ -280,10 +301,15 @@ class NatsJetStreamTransport:
             except FetchTimeout:
                 continue
             except NatsError as exc:
+                if self._nats is None or self._nats.is_closed:
+                    return  # shutting down
                 logger.error("nats %s: %s; retrying", self.url, exc)
                 await anyio.sleep(1)
                 continue
             for message in messages:
+                if (message.headers or {}).get(ORIGIN_HEADER) == self.origin:
+                    await message.ack()  # our own: the local subscribers had it already
+                    continue
                 try:
                     event = from_cloudevent(json.loads(message.data))
                 except (ValueError, EventError) as exc:
