@@ -206,7 +206,15 @@ def test_a_killed_consumer_loses_nothing(broker: str, stream: str, tmp_path: Pat
 
     consumer = start_consumer()
     sent: list[str] = []
-    publisher = threading.Thread(target=lambda: sent.extend(anyio.run(publish)))
+    problems: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            sent.extend(anyio.run(publish))
+        except BaseException as exc:  # reported by the main thread below
+            problems.append(exc)
+
+    publisher = threading.Thread(target=produce)
     try:
         publisher.start()  # the consumer dies while events are still coming in
         deadline = time.monotonic() + 30
@@ -216,6 +224,7 @@ def test_a_killed_consumer_loses_nothing(broker: str, stream: str, tmp_path: Pat
         consumer.wait()
         killed_at = len(handled())
         publisher.join(timeout=60)
+        assert not problems, f"publishing failed: {problems[0]!r}"
         consumer = start_consumer()
         deadline = time.monotonic() + 60
         while set(handled()) < set(sent) and time.monotonic() < deadline:

@@ -79,6 +79,7 @@ class Platform:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._consumer: anyio.CancelScope | None = None
+        self._consumer_stopped: anyio.Event | None = None
         self.started = False
         self.started_at: datetime | None = None
         self._started_monotonic = time.monotonic()
@@ -311,17 +312,25 @@ class Platform:
     async def _consume_events(
         self, transport: Transport, *, task_status: anyio.abc.TaskStatus[None]
     ) -> None:
-        with anyio.CancelScope() as scope, self.activated():
-            self._consumer = scope
-            await transport.consume(self.events.receive, task_status=task_status)
+        stopped = self._consumer_stopped = anyio.Event()
+        try:
+            with anyio.CancelScope() as scope, self.activated():
+                self._consumer = scope
+                await transport.consume(self.events.receive, task_status=task_status)
+        finally:
+            stopped.set()
 
     async def _close(self) -> None:
         leave_platform(self)
-        self._consumer = None
         transport, self.events.transport = self.events.transport, None
         if transport is not None:
             with anyio.CancelScope(shield=True):
+                if self._consumer is not None and self._consumer_stopped is not None:
+                    self._consumer.cancel()
+                    with anyio.move_on_after(5):  # the client must not close under it
+                        await self._consumer_stopped.wait()
                 await transport.aclose()
+        self._consumer = self._consumer_stopped = None
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
         if self._exit_stack is not None:

@@ -298,6 +298,8 @@ class NatsJetStreamTransport:
         while True:
             try:
                 messages = await subscription.fetch(self.batch, timeout=1)
+                for message in messages:
+                    await self._handle(deliver, message)
             except FetchTimeout:
                 continue
             except NatsError as exc:
@@ -305,18 +307,16 @@ class NatsJetStreamTransport:
                     return  # shutting down
                 logger.error("nats %s: %s; retrying", self.url, exc)
                 await anyio.sleep(1)
-                continue
-            for message in messages:
-                if (message.headers or {}).get(ORIGIN_HEADER) == self.origin:
-                    await message.ack()  # our own: the local subscribers had it already
-                    continue
-                try:
-                    event = from_cloudevent(json.loads(message.data))
-                except (ValueError, EventError) as exc:
-                    logger.error("dropping unreadable message from %s: %s", self.stream, exc)
-                else:
-                    await deliver(event)
-                await message.ack()
+
+    async def _handle(self, deliver: Deliver, message: Any) -> None:
+        if (message.headers or {}).get(ORIGIN_HEADER) != self.origin:  # not our own event
+            try:
+                event = from_cloudevent(json.loads(message.data))
+            except (ValueError, EventError) as exc:
+                logger.error("dropping unreadable message from %s: %s", self.stream, exc)
+            else:
+                await deliver(event)
+        await message.ack()
 
     async def aclose(self) -> None:
         if self._nats is not None:
