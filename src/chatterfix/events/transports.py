@@ -52,6 +52,13 @@ class Transport(Protocol):
         """Disconnect."""
 
 
+def missing_client(scheme: str, package: str) -> TransportError:
+    return TransportError(
+        f"events.backend is a {scheme}:// URL but {package} is not installed: "
+        f"pip install 'chatterfix[{scheme}]'"
+    )
+
+
 def new_origin() -> str:
     """Marks what one transport published, so that its consumer can acknowledge its own
     events without reading them: the local subscribers have had them already."""
@@ -96,10 +103,7 @@ class RedisStreamsTransport:
             import redis.asyncio as redis
             from redis.exceptions import RedisError, ResponseError
         except ImportError:
-            raise TransportError(
-                "events.backend is a redis:// URL but the redis package is not installed: "
-                "pip install 'chatterfix[redis]'"
-            ) from None
+            raise missing_client("redis", "redis") from None
 
         self._redis = redis.from_url(self.url)
         try:
@@ -233,10 +237,7 @@ class NatsJetStreamTransport:
             from nats.errors import Error as NatsError
             from nats.js.errors import NotFoundError
         except ImportError:
-            raise TransportError(
-                "events.backend is a nats:// URL but nats-py is not installed: "
-                "pip install 'chatterfix[nats]'"
-            ) from None
+            raise missing_client("nats", "nats-py") from None
         await self._check_reachable()
         try:
             # Reconnect for as long as the gateway runs; the check above failed fast instead.
