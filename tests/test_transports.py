@@ -237,3 +237,34 @@ def test_a_killed_consumer_loses_nothing(broker: str, stream: str, tmp_path: Pat
     assert set(ids) == set(sent), f"lost {len(set(sent) - set(ids))} events"
     duplicates = len(ids) - len(set(ids))
     assert duplicates <= 100  # at most the batch being handled when the consumer died
+
+
+@pytest.mark.anyio
+async def test_order_per_producer_and_handler_failures_across_processes(
+    broker: str, stream: str
+) -> None:
+    producer = broker_platform(broker, stream, "producer")
+    consumer = broker_platform(broker, stream, "consumer")
+    received: list[int] = []
+    failures = {"left": 2}
+
+    def flaky(event: Event) -> None:
+        if failures["left"] > 0:  # the first event fails twice, then succeeds on its third try
+            failures["left"] -= 1
+            raise ConnectionError("CMMS database busy")
+        received.append(event.data["n"])
+
+    def always_broken(event: Event) -> None:
+        raise RuntimeError("this handler never works")
+
+    consumer.events.subscribe("order.item", flaky)
+    consumer.events.subscribe("order.poison", always_broken)
+    async with producer, consumer:
+        for number in range(200):
+            await producer.events.emit("order.item", {"n": number})
+        await producer.events.emit("order.poison", {})
+        await wait_for(lambda: len(received) == 200 and len(consumer.events.dead_letters) == 1)
+    assert received == list(range(200))  # in order, none lost, none twice
+    [letter] = consumer.events.dead_letters
+    assert letter.event.type == "order.poison"
+    assert letter.attempts == 3
