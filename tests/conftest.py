@@ -14,6 +14,13 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(autouse=True)
+def _data_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Platforms built by tests keep their SQLite database in the test's own folder."""
+    monkeypatch.setenv("CHATTERFIX_DATA_DIR", str(tmp_path / ".chatterfix"))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+
+
 @pytest.fixture
 def make_folder_plugin(tmp_path: Path) -> Callable[..., Path]:
     """Write ``<plugins>/<name>/{plugin.json, main.py}`` and return the plugins folder."""

@@ -274,7 +274,7 @@ async def test_seed_names_resolve_to_the_running_platform() -> None:
         assert config_manager.get("platform.debug") is True
         assert shared_services.get_logger("my_app").name == "chatterfix.my_app"
         with pytest.raises(chatterfix.ServiceNotAvailable, match="not available yet"):
-            _ = shared_services.database
+            _ = shared_services.auth
         assert platform.events.history[-1].type == "test.event"
 
 

@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
         "claim_idle": 30.0,
     },
     "logging": {"level": "INFO"},
+    "database": {"url": "", "pool_size": 5},
 }
 
 # Names that read better than their nested spelling; they take precedence over it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     import sqlalchemy
 
     from chatterfix.gateway.app import Gateway
+    from chatterfix.services.database import Database
 
 logger = logging.getLogger("chatterfix.platform")
 
@@ -80,6 +82,7 @@ class Platform:
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._consumer: anyio.CancelScope | None = None
         self._consumer_stopped: anyio.Event | None = None
+        self._database: Database | None = None
         self.started = False
         self.started_at: datetime | None = None
         self._started_monotonic = time.monotonic()
@@ -121,8 +124,20 @@ class Platform:
         return self._metadata
 
     @property
-    def database(self) -> Any:
-        raise ServiceNotAvailable("the database service is not available yet in this version")
+    def database(self) -> Database:
+        """The shared database (SQLite under ``platform.data_dir`` unless ``database.url``
+        or ``DATABASE_URL`` names another). Created on first use; nothing connects until a
+        query runs."""
+        if self._database is None:
+            from chatterfix.services.database import Database, default_url
+
+            url = (
+                str(self.config.get("database.url") or "")
+                or os.environ.get("DATABASE_URL", "")
+                or default_url(str(self.config.get("platform.data_dir")))
+            )
+            self._database = Database(url, pool_size=int(self.config.get("database.pool_size")))
+        return self._database
 
     @property
     def auth(self) -> Any:
@@ -331,6 +346,9 @@ class Platform:
                         await self._consumer_stopped.wait()
                 await transport.aclose()
         self._consumer = self._consumer_stopped = None
+        if self._database is not None:
+            with anyio.CancelScope(shield=True):
+                await self._database.aclose()
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
         if self._exit_stack is not None:

@@ -655,6 +655,7 @@ class PluginRegistry:
                     for result in await self.call(record, "register_models", metadata=metadata):
                         _attach_tables(metadata, result)
                     platform.claim_tables(record.name, set(metadata.tables) - before)
+                    await platform.database.create_tables(metadata)
                 step = "register_permissions"
                 platform.add_permissions(record, dict.fromkeys(record.manifest.permissions, ""))
                 for result in await self.call(record, "register_permissions", platform=platform):

@@ -1,0 +1,1 @@
+"""Shared services every plugin gets: the database (more to come: auth, AI, discovery)."""

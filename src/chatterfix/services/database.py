@@ -1,0 +1,156 @@
+"""The shared database: SQLAlchemy 2 (async), SQLite by default, PostgreSQL in production.
+
+``execute_query`` keeps the original platform's call form (``?`` placeholders, a result
+dict); ``engine`` and ``session()`` give full SQLAlchemy for real work.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+logger = logging.getLogger("chatterfix.database")
+
+FETCH_MODES = ("one", "all", None)
+
+
+def async_url(url: str) -> str:
+    """The async-driver form of a database URL, as hosting platforms hand them out."""
+    for plain in ("postgres://", "postgresql://"):
+        if url.startswith(plain):
+            return "postgresql+asyncpg://" + url[len(plain) :]
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    return url
+
+
+def default_url(data_dir: str) -> str:
+    folder = Path(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite+aiosqlite:///{folder / 'chatterfix.db'}"
+
+
+def bind_placeholders(sql: str, params: Sequence[Any]) -> tuple[str, dict[str, Any], list[str]]:
+    """Turn ``?`` placeholders (outside quotes) into named binds; lists expand for ``IN``.
+
+    Values are always bound by the driver, never formatted into the statement.
+    """
+    pieces: list[str] = []
+    names: list[str] = []
+    quote: str | None = None
+    for char in sql:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in ("'", '"'):
+            quote = char
+        elif char == "?":
+            names.append(f"p{len(names)}")
+            pieces.append(f":{names[-1]}")
+            continue
+        pieces.append(char)
+    if len(names) != len(params):
+        raise ValueError(
+            f"the statement has {len(names)} placeholder(s) but {len(params)} parameter(s)"
+        )
+    values = dict(zip(names, params, strict=True))
+    expanding = [name for name, value in values.items() if isinstance(value, list | tuple)]
+    statement = "".join(pieces)
+    for name in expanding:
+        # SQLAlchemy writes the parentheses of an expanded list itself: "IN (?)" -> "IN :p0".
+        statement = re.sub(rf"\(\s*:{name}\s*\)", f":{name}", statement)
+    return statement, values, expanding
+
+
+class Database:
+    """The platform's database service (``platform.database``)."""
+
+    def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False) -> None:
+        self.url = async_url(url)
+        options: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+        if not self.url.startswith("sqlite"):
+            options["pool_size"] = pool_size
+        self.engine: AsyncEngine = create_async_engine(self.url, **options)
+        if self.url.startswith("sqlite"):
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """An ``AsyncSession`` in a transaction: committed on success, rolled back on error."""
+        async with self._sessions() as session, session.begin():
+            yield session
+
+    async def execute_query(
+        self, sql: str, params: Sequence[Any] | None = None, fetch: str | None = None
+    ) -> dict[str, Any]:
+        """Run one statement with ``?`` placeholders; the original platform's result form:
+        ``{"success": True, "data": row-dict | list-of-row-dicts | None, "rowcount": n}``,
+        or ``{"success": False, "error": message}`` (the statement is logged, never the
+        parameters)."""
+        if fetch not in FETCH_MODES:
+            return {"success": False, "error": f"fetch must be 'one', 'all' or None, not {fetch!r}"}
+        try:
+            statement, values, expanding = bind_placeholders(sql, list(params or ()))
+            clause = sqlalchemy.text(statement).bindparams(
+                *[sqlalchemy.bindparam(name, expanding=True) for name in expanding]
+            )
+            async with self.engine.begin() as connection:
+                result = await connection.execute(clause, values)
+                data: Any = None
+                if fetch == "one":
+                    row = result.mappings().first()
+                    data = dict(row) if row is not None else None
+                elif fetch == "all":
+                    data = [dict(row) for row in result.mappings().all()]
+                return {"success": True, "data": data, "rowcount": result.rowcount}
+        except (SQLAlchemyError, ValueError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            logger.error("query failed: %s (statement: %s)", reason, sql)
+            return {"success": False, "error": reason}
+
+    async def health_check(self) -> dict[str, Any]:
+        """Round trip to the database: ``{"status", "dialect", "latency_ms"}``; raises when
+        the database cannot be reached."""
+        began = time.perf_counter()
+        async with self.engine.connect() as connection:
+            await connection.execute(sqlalchemy.text("SELECT 1"))
+        return {
+            "status": "healthy",
+            "dialect": self.dialect,
+            "latency_ms": round((time.perf_counter() - began) * 1000, 2),
+        }
+
+    async def create_tables(self, metadata: sqlalchemy.MetaData) -> None:
+        """Create the tables plugins declared (those missing; existing ones are kept)."""
+        async with self.engine.begin() as connection:
+            await connection.run_sync(metadata.create_all)
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    # WAL lets readers run alongside a writer; foreign keys are off in SQLite by default.
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
