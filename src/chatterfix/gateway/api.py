@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from chatterfix.gateway import events_api
 from chatterfix.gateway.errors import APIError
-from chatterfix.gateway.routing import exempt_from_drain
+from chatterfix.gateway.routing import exempt_from_drain, platform_of
 from chatterfix.plugins import PluginActionError, PluginNotFound, PluginRecord
 from chatterfix.routes import describe, route_claims
 
@@ -20,13 +20,8 @@ if TYPE_CHECKING:
 PLUGIN_ACTIONS = ("start", "stop", "reload")
 
 
-def _platform(request: Request) -> Platform:
-    platform: Platform = request.app.state.platform
-    return platform
-
-
 async def health(request: Request) -> Response:
-    report = await _platform(request).health()
+    report = await platform_of(request).health()
     return JSONResponse(report, status_code=503 if report["status"] == "unhealthy" else 200)
 
 
@@ -35,18 +30,18 @@ async def health_live(request: Request) -> Response:
 
 
 async def health_ready(request: Request) -> Response:
-    platform = _platform(request)
+    platform = platform_of(request)
     if not platform.started:
         raise APIError(503, "the platform is not started yet", "not_ready")
     return JSONResponse({"status": "ready", "plugins_running": len(platform.plugins.running())})
 
 
 async def platform_status(request: Request) -> Response:
-    return JSONResponse(await _platform(request).status())
+    return JSONResponse(await platform_of(request).status())
 
 
 async def list_plugins(request: Request) -> Response:
-    platform = _platform(request)
+    platform = platform_of(request)
     show = platform.shows_tracebacks
     return JSONResponse(
         {
@@ -66,13 +61,13 @@ def _record(platform: Platform, name: str) -> PluginRecord:
 
 
 async def show_plugin(request: Request) -> Response:
-    platform = _platform(request)
+    platform = platform_of(request)
     record = _record(platform, request.path_params["name"])
     return JSONResponse(record.summary(tracebacks=platform.shows_tracebacks))
 
 
 async def plugin_action(request: Request) -> Response:
-    platform = _platform(request)
+    platform = platform_of(request)
     name = request.path_params["name"]
     action = request.path_params["action"]
     if action not in PLUGIN_ACTIONS:
@@ -80,7 +75,7 @@ async def plugin_action(request: Request) -> Response:
     _record(platform, name)
     registry = platform.plugins
     try:
-        with platform.activated(), exempt_from_drain():
+        with exempt_from_drain():
             if action == "start":
                 await registry.start_plugin(name)
                 affected = [name]
@@ -103,7 +98,7 @@ async def plugin_action(request: Request) -> Response:
 
 
 async def list_routes(request: Request) -> Response:
-    platform = _platform(request)
+    platform = platform_of(request)
     routes = [describe(route, "platform") for route in PLATFORM_ROUTES]
     for record in platform.plugins.running():
         routes.extend(describe(route, record.name) for route in record.routes)

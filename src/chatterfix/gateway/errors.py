@@ -63,6 +63,11 @@ async def api_error_handler(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, exc.message, exc.code, **exc.details)
 
 
-async def internal_error_handler(request: Request, exc: Exception) -> Response:
-    """Starlette's last-resort handler: a JSON 500 that says nothing of the error."""
+def internal_error() -> JSONResponse:
+    """The JSON 500 for an unhandled error: it says nothing of the error itself."""
     return error_response(500, "internal server error", "internal_error")
+
+
+async def internal_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's last-resort handler."""
+    return internal_error()

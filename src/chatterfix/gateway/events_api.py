@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from chatterfix.events.model import Event, EventError, check_pattern, to_cloudevent
 from chatterfix.gateway.errors import APIError
+from chatterfix.gateway.routing import platform_of
 
 if TYPE_CHECKING:
     from chatterfix.platform import Platform
@@ -22,11 +23,6 @@ MAX_LIMIT = 1000
 STREAM_BUFFER = 1000  # events a slow stream reader may fall behind before it is cut off
 KEEPALIVE_SECONDS = 15.0
 EMIT_FIELDS = {"type", "data", "source", "correlation_id", "priority"}
-
-
-def _platform(request: Request) -> Platform:
-    platform: Platform = request.app.state.platform
-    return platform
 
 
 def _time(request: Request, name: str) -> datetime | None:
@@ -61,7 +57,7 @@ def _pattern(request: Request) -> str | None:
 async def list_events(request: Request) -> Response:
     """The history, oldest first, as CloudEvents; filters: type (wildcards), source,
     correlation_id, since, until, limit (the newest ``limit``, default 100)."""
-    events = _platform(request).events.find(
+    events = platform_of(request).events.find(
         _pattern(request),
         source=request.query_params.get("source"),
         correlation_id=request.query_params.get("correlation_id"),
@@ -75,20 +71,19 @@ async def list_events(request: Request) -> Response:
 async def emit_event(request: Request) -> Response:
     """Emit an event for a remote app: ``{"type", "data", "source", "correlation_id",
     "priority"}``. Answers 201 with the event as a CloudEvent, or 422 saying what is wrong."""
-    bus = _platform(request).events
+    bus = platform_of(request).events
     body = await request.body()
     if len(body) > bus.max_payload_bytes + 4096:
         raise APIError(413, f"the request body is larger than {bus.max_payload_bytes} bytes")
     fields = _emit_fields(body)
     try:
-        with _platform(request).activated():
-            event = await bus.emit(
-                fields["type"],
-                fields.get("data", {}),
-                source=str(fields.get("source", "")),
-                correlation_id=fields.get("correlation_id"),
-                priority=fields.get("priority", 0),
-            )
+        event = await bus.emit(
+            fields["type"],
+            fields.get("data", {}),
+            source=str(fields.get("source", "")),
+            correlation_id=fields.get("correlation_id"),
+            priority=fields.get("priority", 0),
+        )
     except EventError as exc:
         raise APIError(422, str(exc), "invalid_event") from None
     return JSONResponse(to_cloudevent(event), status_code=201)
@@ -121,7 +116,7 @@ async def stream_events(request: Request) -> Response:
     """Server-Sent Events: every new event matching ``type`` (default all), each as a
     CloudEvent in ``data:`` with the event id as the SSE id. A client reconnecting with
     ``Last-Event-ID`` first gets what it missed, from the history."""
-    platform = _platform(request)
+    platform = platform_of(request)
     pattern = _pattern(request) or "*"
     send, receive = anyio.create_memory_object_stream[Event](STREAM_BUFFER)
 

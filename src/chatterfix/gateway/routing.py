@@ -14,18 +14,28 @@ import logging
 import re
 import secrets
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatterfix.context import current_platform, current_request_id, serving_routing
-from chatterfix.gateway.errors import error_response
+from chatterfix.gateway.errors import internal_error
+
+if TYPE_CHECKING:
+    from chatterfix.platform import Platform
 
 logger = logging.getLogger("chatterfix.gateway")
 
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+def platform_of(request: Request) -> Platform:
+    """The platform serving ``request`` (the gateway application keeps it in its state)."""
+    platform: Platform = request.app.state.platform
+    return platform
 
 
 class RequestIds:
@@ -99,9 +109,7 @@ class Routing:
             # server unless the response was cut short.
             logger.exception("unhandled error in %s %s", scope.get("method"), scope["path"])
             if not started and scope["type"] == "http":
-                await error_response(500, "internal server error", "internal_error")(
-                    scope, receive, send_with_id
-                )
+                await internal_error()(scope, receive, send_with_id)
         finally:
             current_request_id.reset(tokens[2])
             current_platform.reset(tokens[1])
