@@ -65,6 +65,7 @@ CASES: dict[str, Callable[..., Any]] = {
     "register_models": lambda metadata: sa.Table(
         "formtest_rows", metadata, sa.Column("id", sa.Integer, primary_key=True)
     ),
+    "register_migrations": lambda platform: {2: lambda op: None},
     "register_permissions": lambda platform: {"formtest.use": "Use it"},
     "register_ai_providers": lambda platform: type("P", (), {"name": "formtest_ai"})(),
     "register_commands": lambda cli: cli.add_command(click.Command("formtest-cmd")),
@@ -96,6 +97,7 @@ async def test_hook_in_both_forms(hook: str, is_async: bool, serve: Any) -> None
         "register_middleware": lambda: live.headers.get("x-form") == "1",
         "register_event_handlers": lambda: HEARD == ["form.done"],
         "register_models": lambda: "formtest_rows" in platform.metadata.tables,
+        "register_migrations": lambda: platform.plugins.get("formtest").schema_version == 2,
         "register_permissions": lambda: "formtest.use" in platform.permissions,
         "register_ai_providers": lambda: "formtest_ai" in platform.ai_providers,
         "config_schema": lambda: platform.config.get("formtest.level") == 4,

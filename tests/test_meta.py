@@ -20,13 +20,14 @@ def signature(name: str) -> str:
     return f"{name}({', '.join(parameters)})"
 
 
-def test_the_design_hooks_are_all_specified() -> None:
+def test_the_design_hooks_and_migrations_are_all_specified() -> None:
     design = sorted(
         [
             "register_routes",
             "register_middleware",
             "register_event_handlers",
             "register_models",
+            "register_migrations",
             "register_permissions",
             "register_ai_providers",
             "register_commands",

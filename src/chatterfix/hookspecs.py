@@ -91,6 +91,26 @@ def register_models(metadata: sqlalchemy.MetaData) -> Any:
 
 
 @hookspec
+def register_migrations(platform: Platform) -> Any:
+    """Return the migration steps of this plugin's tables, as ``{version: step}``.
+
+    Called when the plugin starts, after :func:`register_models`. The tables' schema has a
+    version, recorded per plugin in the database: 1 for the tables as first released, and
+    each key here (2, 3, ...) is the version a step brings them to. The highest key is the
+    version the plugin's current code expects. A step is a function taking an Alembic
+    ``Operations`` object (``op.add_column(...)``, ``op.create_index(...)``,
+    ``op.execute(...)``; on SQLite use ``op.batch_alter_table`` to alter or drop columns).
+
+    On a fresh database the tables are created as :func:`register_models` declares them and
+    no step runs; on a database at an older version the missing steps run in order. All of
+    it happens in one transaction: a failing step leaves the database as it was and the
+    plugin in state ``error``. A database newer than the code is refused (no downgrades).
+
+    :param platform: the running :class:`~chatterfix.Platform`.
+    """
+
+
+@hookspec
 def register_permissions(platform: Platform) -> Any:
     """Declare the permissions this plugin checks.
 

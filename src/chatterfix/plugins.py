@@ -102,6 +102,7 @@ class PluginRecord:
     started_at: datetime | None = None
     last_heartbeat: datetime | None = None
     health_failing: bool = False
+    schema_version: int | None = None
 
     # Subscriptions made while the module was imported (``@event_system.subscribe`` at
     # module level): renewed on every start of this generation, dropped on stop.
@@ -140,6 +141,7 @@ class PluginRecord:
             "warnings": self.warnings,
             "started_at": iso_utc(self.started_at),
             "last_heartbeat": iso_utc(self.last_heartbeat),
+            "schema_version": self.schema_version,
         }
 
 
@@ -649,13 +651,8 @@ class PluginRegistry:
                 platform.config.add_schema_defaults(record.name, schema)
                 step = "register_models"
                 released_tables = platform.release_tables(record.name)
-                if "register_models" in record.hookimpls:  # SQLAlchemy loads only if needed
-                    metadata = platform.metadata
-                    before = set(metadata.tables)
-                    for result in await self.call(record, "register_models", metadata=metadata):
-                        _attach_tables(metadata, result)
-                    platform.claim_tables(record.name, set(metadata.tables) - before)
-                    await platform.database.create_tables(metadata)
+                if {"register_models", "register_migrations"} & record.hookimpls.keys():
+                    await self._apply_schema(record)  # SQLAlchemy loads only if needed
                 step = "register_permissions"
                 platform.add_permissions(record, dict.fromkeys(record.manifest.permissions, ""))
                 for result in await self.call(record, "register_permissions", platform=platform):
@@ -711,6 +708,24 @@ class PluginRegistry:
         await platform.events.emit(
             SystemEvents.PLUGIN_STARTED, _event_data(record), source="platform"
         )
+
+    async def _apply_schema(self, record: PluginRecord) -> None:
+        """Declare the plugin's tables and bring them to the version its code expects."""
+        from chatterfix.services.schema import check_migrations
+
+        platform = self.platform
+        metadata = platform.metadata
+        before = set(metadata.tables)
+        for result in await self.call(record, "register_models", metadata=metadata):
+            _attach_tables(metadata, result)
+        owned = set(metadata.tables) - before
+        platform.claim_tables(record.name, owned)
+        migrations: dict[int, Any] = {}
+        for result in await self.call(record, "register_migrations", platform=platform):
+            migrations.update(check_migrations(record.name, result or {}))
+        tables = [table for table in metadata.sorted_tables if table.name in owned]
+        change = await platform.database.apply_schema(record.name, tables, migrations)
+        record.schema_version = change.version
 
     async def _routes_of(self, record: PluginRecord) -> list[Any]:
         from starlette.routing import BaseRoute

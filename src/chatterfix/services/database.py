@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,13 @@ from sqlalchemy.ext.asyncio import (
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
+)
+
+from chatterfix.services.schema import (
+    MigrationStep,
+    SchemaChange,
+    apply_schema,
+    recorded_versions,
 )
 
 logger = logging.getLogger("chatterfix.database")
@@ -86,7 +93,8 @@ class Database:
             options["pool_size"] = pool_size
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
         if self.url.startswith("sqlite"):
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "connect", _sqlite_connect)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @property
@@ -140,17 +148,42 @@ class Database:
         }
 
     async def create_tables(self, metadata: sqlalchemy.MetaData) -> None:
-        """Create the tables plugins declared (those missing; existing ones are kept)."""
+        """Create the tables of ``metadata`` that are missing (existing ones are kept)."""
         async with self.engine.begin() as connection:
             await connection.run_sync(metadata.create_all)
+
+    async def apply_schema(
+        self,
+        owner: str,
+        tables: Sequence[sqlalchemy.Table],
+        migrations: Mapping[int, MigrationStep] | None = None,
+    ) -> SchemaChange:
+        """Bring ``owner``'s tables to the schema version its code expects, in one
+        transaction: create what is missing, run the migration steps not applied yet."""
+        async with self.engine.begin() as connection:
+            return await connection.run_sync(
+                apply_schema, owner, list(tables), dict(migrations or {})
+            )
+
+    async def schema_versions(self) -> dict[str, int]:
+        """The recorded schema version of every owner (plugin) of tables."""
+        async with self.engine.begin() as connection:
+            return await connection.run_sync(recorded_versions)
 
     async def aclose(self) -> None:
         await self.engine.dispose()
 
 
-def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+def _sqlite_connect(connection: Any, _record: Any) -> None:
+    # The driver's own transaction handling begins only before DML, which would leave a
+    # migration's DDL outside its transaction: transactions are begun explicitly instead.
+    connection.isolation_level = None
     # WAL lets readers run alongside a writer; foreign keys are off in SQLite by default.
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN")
