@@ -117,7 +117,7 @@ def summary_rows(results: dict[str, Any]) -> list[list[object]]:
         for broker, row in r["brokers"].items():
             rows.append(
                 [
-                    f"events/s between processes, {broker}",
+                    f"events/s between processes, {broker}, {r.get('tasks', 1)} emitting tasks",
                     f"{row['ours']['per_s']:,.0f}",
                     f"{row['bare']['per_s']:,.0f} (bare client)",
                     f"{row['ratio']:.2f}",

@@ -18,10 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
 from chatterfix import Event, Platform
+from chatterfix.events.transports import PublishBatcher, TransportError
 from tests.helpers import free_port, gateway, require_service
 
 BROKERS = {
@@ -268,3 +270,136 @@ async def test_order_per_producer_and_handler_failures_across_processes(
     [letter] = consumer.events.dead_letters
     assert letter.event.type == "order.poison"
     assert letter.attempts == 3
+
+
+@pytest.mark.anyio
+async def test_concurrent_emitters_are_batched_and_each_keeps_its_order(
+    broker: str, stream: str
+) -> None:
+    producer = broker_platform(broker, stream, "producer")
+    consumer = broker_platform(broker, stream, "consumer")
+    received: dict[int, list[int]] = {}
+    consumer.events.subscribe(
+        "batch.item",
+        lambda event: received.setdefault(event.data["task"], []).append(event.data["n"]),
+    )
+
+    async def emit_in_order(task: int) -> None:
+        for number in range(50):
+            await producer.events.emit("batch.item", {"task": task, "n": number})
+
+    async with producer, consumer:
+        async with anyio.create_task_group() as group:
+            for task in range(20):
+                group.start_soon(emit_in_order, task)
+        await wait_for(lambda: sum(len(numbers) for numbers in received.values()) >= 1000)
+        await anyio.sleep(0.3)  # anything duplicated would arrive by now
+    assert received == {task: list(range(50)) for task in range(20)}
+
+
+class FakeBroker:
+    """A send function that records each batch; it holds every batch until released, and
+    fails the batches whose numbers (from 0) are in ``failing``."""
+
+    def __init__(self, failing: frozenset[int] = frozenset()) -> None:
+        self.batches: list[list[int]] = []
+        self.release = anyio.Event()
+        self.failing = failing
+
+    async def send(self, batch: list[int]) -> None:
+        self.batches.append(batch)
+        await self.release.wait()
+        if len(self.batches) - 1 in self.failing:
+            raise TransportError("broker refused the batch")
+
+    async def release_soon(self) -> None:
+        await anyio.sleep(0.05)
+        self.release.set()
+
+
+async def publish_all(batcher: PublishBatcher[int], payloads: list[int]) -> dict[int, str]:
+    outcome: dict[int, str] = {}
+
+    async def one(payload: int) -> None:
+        try:
+            await batcher.publish(payload)
+        except TransportError as exc:
+            outcome[payload] = str(exc)
+        else:
+            outcome[payload] = "ok"
+
+    async with anyio.create_task_group() as group:
+        for payload in payloads:
+            group.start_soon(one, payload)
+            await anyio.lowlevel.checkpoint()  # each task queues before the next one starts
+    return outcome
+
+
+@pytest.mark.anyio
+async def test_the_publish_batcher_groups_waiting_emitters_in_arrival_order() -> None:
+    broker = FakeBroker()
+    batcher = PublishBatcher(broker.send, describe=str, max_batch=3)
+    async with anyio.create_task_group() as group:
+        group.start_soon(broker.release_soon)
+        outcome = await publish_all(batcher, list(range(8)))
+    # The first emitter leads alone; the seven that queued behind it leave in batches of at
+    # most three, in the order they arrived.
+    assert broker.batches == [[0], [1, 2, 3], [4, 5, 6], [7]]
+    assert outcome == dict.fromkeys(range(8), "ok")
+
+
+@pytest.mark.anyio
+async def test_a_failed_batch_fails_its_own_emitters_only() -> None:
+    broker = FakeBroker(failing=frozenset({1}))
+    batcher = PublishBatcher(broker.send, describe=str, max_batch=2)
+    async with anyio.create_task_group() as group:
+        group.start_soon(broker.release_soon)
+        outcome = await publish_all(batcher, list(range(5)))
+    assert broker.batches == [[0], [1, 2], [3, 4]]
+    assert outcome == {
+        0: "ok",
+        1: "broker refused the batch",
+        2: "broker refused the batch",
+        3: "ok",
+        4: "ok",
+    }
+
+
+@pytest.mark.anyio
+async def test_a_broker_that_does_not_answer_times_out_with_a_clear_error() -> None:
+    broker = FakeBroker()
+    batcher = PublishBatcher(
+        broker.send, describe=lambda exc: f"publishing failed: {exc}", timeout=0.05
+    )
+    with pytest.raises(TransportError, match=r"publishing failed: no answer in 0.05s"):
+        await batcher.publish(1)
+
+
+@pytest.mark.anyio
+async def test_cancelled_emitters_neither_fail_nor_stall_the_others() -> None:
+    broker = FakeBroker()
+    batcher = PublishBatcher(broker.send, describe=str)
+    outcome: dict[int, str] = {}
+
+    async def publish(payload: int, scope: anyio.CancelScope) -> None:
+        with scope:
+            await batcher.publish(payload)
+            outcome[payload] = "ok"
+            return
+        outcome[payload] = "cancelled"
+
+    leader, queued, last = anyio.CancelScope(), anyio.CancelScope(), anyio.CancelScope()
+    async with anyio.create_task_group() as group:
+        group.start_soon(publish, 0, leader)  # leads, and is cancelled mid-send
+        await anyio.sleep(0.01)
+        group.start_soon(publish, 1, queued)  # next in line to lead; cancelled first
+        group.start_soon(publish, 2, last)
+        await anyio.sleep(0.01)
+        leader.cancel()
+        queued.cancel()
+        await anyio.sleep(0.01)
+        broker.release.set()
+    # The leader's send was shielded, so its batch completed; the cancelled waiter's event
+    # still left, with the next batch, led by the emitter behind it.
+    assert broker.batches == [[0], [1, 2]]
+    assert outcome == {0: "ok", 1: "cancelled", 2: "ok"}

@@ -8,6 +8,8 @@ gets it again; the bus drops an event id it has already delivered.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
 import logging
 import os
@@ -16,7 +18,7 @@ import socket
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -50,6 +52,112 @@ class Transport(Protocol):
 
     async def aclose(self) -> None:
         """Disconnect."""
+
+
+T = TypeVar("T")
+
+PUBLISH_BATCH = 500  # events per broker round trip at most
+PUBLISH_TIMEOUT = 10.0  # seconds a batch may take before its emitters get an error
+# After reading less than a full batch, a consumer waits this long (seconds) before reading
+# again, so that under load it reads many events per round trip rather than one.
+LINGER = 0.002
+
+
+class _Entry(Generic[T]):
+    __slots__ = ("abandoned", "error", "finished", "lead", "payload", "wake")
+
+    def __init__(self, payload: T) -> None:
+        self.payload = payload
+        self.wake = anyio.Event()
+        self.error: TransportError | None = None
+        self.finished = False
+        self.lead = False
+        self.abandoned = False
+
+
+class PublishBatcher(Generic[T]):
+    """Group commit for publishing: events emitted while a batch is on its way to the
+    broker go together in the next batch, in one round trip.
+
+    There is no background task: the first emitter to find the broker idle sends a batch
+    (the leader); those arriving meanwhile queue up, and when the batch is acknowledged the
+    leader hands the next batch to the first of them. So ``await publish()`` returns once
+    the broker has acknowledged the batch holding the payload (or raises
+    :class:`TransportError` if it failed), batches leave strictly one after the other in
+    arrival order, and a lone sequential emitter pays no more than one round trip.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[T]], Awaitable[None]],
+        *,
+        describe: Callable[[BaseException], str],
+        max_batch: int = PUBLISH_BATCH,
+        timeout: float = PUBLISH_TIMEOUT,
+    ) -> None:
+        self._send = send
+        self._describe = describe
+        self.max_batch = max_batch
+        self.timeout = timeout
+        self._queue: collections.deque[_Entry[T]] = collections.deque()
+        self._busy = False
+
+    async def publish(self, payload: T) -> None:
+        entry = _Entry(payload)
+        self._queue.append(entry)
+        if self._busy:
+            try:
+                await entry.wake.wait()
+            except BaseException:
+                # Cancelled while queued: the payload still leaves with a later batch, but
+                # this task can no longer lead one.
+                entry.abandoned = True
+                if entry.lead and not entry.finished:
+                    self._hand_over()
+                raise
+            if not entry.lead:
+                self._raise_for(entry)
+                return
+        else:
+            self._busy = True
+        try:
+            while not entry.finished:
+                await self._send_next()
+        finally:
+            self._hand_over()
+        self._raise_for(entry)
+
+    async def _send_next(self) -> None:
+        batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+        error: TransportError | None = None
+        try:
+            # Shielded: cancelling one emitter must not fail the others' events midway.
+            with anyio.CancelScope(shield=True), anyio.fail_after(self.timeout):
+                await self._send([item.payload for item in batch])
+        except TransportError as exc:
+            error = exc
+        except TimeoutError:
+            error = TransportError(self._describe(TimeoutError(f"no answer in {self.timeout}s")))
+        except Exception as exc:  # a client error the send did not translate
+            error = TransportError(self._describe(exc))
+        for item in batch:
+            item.error = error
+            item.finished = True
+            item.wake.set()
+
+    def _hand_over(self) -> None:
+        """Make the first waiting emitter the next leader, or mark the broker idle."""
+        for item in self._queue:
+            if not item.abandoned and not item.finished:
+                item.lead = True
+                item.wake.set()
+                return
+        self._busy = False
+
+    @staticmethod
+    def _raise_for(entry: _Entry[T]) -> None:
+        if entry.error is not None:
+            raise entry.error
 
 
 def missing_client(scheme: str, package: str) -> TransportError:
@@ -87,6 +195,7 @@ class RedisStreamsTransport:
         claim_idle: float = 30.0,
         max_length: int = 100_000,
         batch: int = 100,
+        linger: float = LINGER,
     ) -> None:
         self.url = url
         self.stream = stream
@@ -96,7 +205,9 @@ class RedisStreamsTransport:
         self.claim_idle_ms = int(claim_idle * 1000)
         self.max_length = max_length
         self.batch = batch
+        self.linger = linger
         self._redis: Any = None
+        self._batcher = PublishBatcher(self._send, describe=self._failed)
 
     async def open(self) -> None:
         try:
@@ -115,20 +226,38 @@ class RedisStreamsTransport:
             raise TransportError(f"redis {self.url} is unreachable: {exc}") from None
 
     async def publish(self, event: Event) -> None:
+        payload = json.dumps(to_cloudevent(event), separators=(",", ":"))
+        await self._batcher.publish(payload)
+
+    async def _send(self, payloads: list[str]) -> None:
+        """Append a batch to the stream in one round trip (a pipeline, not a transaction:
+        the entries need no atomicity, only their order, which one connection keeps)."""
         from redis.exceptions import RedisError
 
-        payload = json.dumps(to_cloudevent(event), separators=(",", ":"))
         try:
-            await self._redis.xadd(
-                self.stream,
-                {"event": payload, "origin": self.origin},
-                maxlen=self.max_length,
-                approximate=True,
-            )
+            if len(payloads) == 1:  # a lone event: a plain command costs less than a pipeline
+                await self._redis.xadd(
+                    self.stream,
+                    {"event": payloads[0], "origin": self.origin},
+                    maxlen=self.max_length,
+                    approximate=True,
+                )
+                return
+            pipeline = self._redis.pipeline(transaction=False)
+            for payload in payloads:
+                pipeline.xadd(
+                    self.stream,
+                    {"event": payload, "origin": self.origin},
+                    maxlen=self.max_length,
+                    approximate=True,
+                )
+            await pipeline.execute()
         except RedisError as exc:
-            raise TransportError(
-                f"redis {self.url}: publishing {event.type} failed: {exc}"
-            ) from None
+            raise TransportError(self._failed(exc, len(payloads))) from None
+
+    def _failed(self, exc: BaseException, count: int = 0) -> str:
+        events = f"{count} event(s)" if count else "events"
+        return f"redis {self.url}: publishing {events} failed: {exc}"
 
     async def consume(
         self,
@@ -158,8 +287,12 @@ class RedisStreamsTransport:
             if not entries:
                 await self._claim_stale(deliver)  # quiet moment: look for orphaned entries
                 continue
+            read = 0
             for _stream, messages in entries:
+                read += len(messages)
                 await self._handle_batch(deliver, messages)
+            if read < self.batch:
+                await anyio.sleep(self.linger)
 
     async def _claim_stale(self, deliver: Deliver) -> None:
         """Take over entries another consumer of this group read but never acknowledged."""
@@ -219,7 +352,14 @@ class NatsJetStreamTransport:
     name = "nats"
 
     def __init__(
-        self, url: str, *, stream: str, group: str, claim_idle: float = 30.0, batch: int = 100
+        self,
+        url: str,
+        *,
+        stream: str,
+        group: str,
+        claim_idle: float = 30.0,
+        batch: int = 100,
+        linger: float = LINGER,
     ) -> None:
         self.url = url
         self.stream = re.sub(r"[^A-Za-z0-9_-]", "_", stream)
@@ -228,8 +368,10 @@ class NatsJetStreamTransport:
         self.origin = new_origin()
         self.claim_idle = claim_idle
         self.batch = batch
+        self.linger = linger
         self._nats: Any = None
         self._jetstream: Any = None
+        self._batcher = PublishBatcher(self._send, describe=self._failed)
 
     async def open(self) -> None:
         try:
@@ -264,20 +406,50 @@ class NatsJetStreamTransport:
             raise TransportError(f"nats {self.url} is unreachable: {exc}") from None
 
     async def publish(self, event: Event) -> None:
+        payload = json.dumps(to_cloudevent(event), separators=(",", ":")).encode()
+        await self._batcher.publish((f"{self.prefix}.{event.type}", event.id, payload))
+
+    async def _send(self, messages: list[tuple[str, str, bytes]]) -> None:
+        """Publish a batch without waiting between messages, then wait for every
+        acknowledgement: one round trip for the batch, in publishing order."""
         from nats.errors import Error as NatsError
 
-        payload = json.dumps(to_cloudevent(event), separators=(",", ":")).encode()
+        if len(messages) == 1:  # a lone event: a plain request costs less
+            subject, event_id, payload = messages[0]
+            try:
+                await self._jetstream.publish(
+                    subject,
+                    payload,
+                    stream=self.stream,
+                    headers={"Nats-Msg-Id": event_id, ORIGIN_HEADER: self.origin},
+                )
+            except NatsError as exc:
+                raise TransportError(self._failed(exc, 1)) from None
+            return
+        pending: list[asyncio.Future[Any]] = []
         try:
-            await self._jetstream.publish(
-                f"{self.prefix}.{event.type}",
-                payload,
-                stream=self.stream,
-                headers={"Nats-Msg-Id": event.id, ORIGIN_HEADER: self.origin},
-            )
+            for subject, event_id, payload in messages:
+                pending.append(
+                    await self._jetstream.publish_async(
+                        subject,
+                        payload,
+                        stream=self.stream,
+                        headers={"Nats-Msg-Id": event_id, ORIGIN_HEADER: self.origin},
+                    )
+                )
+            acks = await asyncio.gather(*pending, return_exceptions=True)
         except NatsError as exc:
-            raise TransportError(
-                f"nats {self.url}: publishing {event.type} failed: {exc}"
-            ) from None
+            raise TransportError(self._failed(exc, len(messages))) from None
+        finally:
+            for future in pending:  # a timed-out batch must not hold the client's slots
+                future.cancel()
+        errors = [ack for ack in acks if isinstance(ack, BaseException)]
+        if errors:
+            raise TransportError(self._failed(errors[0], len(messages)))
+
+    def _failed(self, exc: BaseException, count: int = 0) -> str:
+        events = f"{count} event(s)" if count else "events"
+        return f"nats {self.url}: publishing {events} failed: {exc}"
 
     async def consume(
         self,
@@ -301,6 +473,8 @@ class NatsJetStreamTransport:
                 messages = await subscription.fetch(self.batch, timeout=1)
                 for message in messages:
                     await self._handle(deliver, message)
+                if len(messages) < self.batch:
+                    await anyio.sleep(self.linger)
             except FetchTimeout:
                 continue
             except NatsError as exc:
