@@ -17,7 +17,7 @@ import anyio.abc
 import attrs
 
 from chatterfix import __version__
-from chatterfix.config import Config, ConfigError
+from chatterfix.config import Config
 from chatterfix.context import current_platform
 from chatterfix.events.bus import EventBus, RetryPolicy
 from chatterfix.events.transports import Transport, default_group, transport_for
@@ -62,8 +62,8 @@ class Platform:
         plugins_dir: str | Path | None = None,
         builtins: bool = True,
     ) -> None:
+        # Config checks every layer against the schema as it loads it.
         self.config = config if isinstance(config, Config) else Config(config)
-        _check_numbers(self.config)
         self.events = EventBus(
             history_size=int(self.config.get("events.history_size")),
             retry=RetryPolicy(
@@ -223,6 +223,7 @@ class Platform:
         for kind, name in [key for key, holder in self._owners.items() if holder is owner]:
             del self._owners[kind, name]
             self._registry(kind).pop(name, None)
+        self.config.unwatch_owner(owner)
 
     # -- gateway ---------------------------------------------------------------------------
 
@@ -285,11 +286,17 @@ class Platform:
             await self._close()
             raise
         self.started = True
+        if self.config.get("platform.watch_config"):
+            self.spawn(self._follow_config)
         total = len(self.plugins.records)
         logger.info(
             "platform started: %d of %d plugins running", len(self.plugins.running()), total
         )
         return self
+
+    async def _follow_config(self) -> None:
+        with self.activated():  # watchers may use the seed-compatible proxies
+            await self.config.follow_file(float(self.config.get("platform.watch_interval")))
 
     async def __aexit__(
         self,
@@ -434,24 +441,3 @@ class Platform:
 
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-NUMERIC_KEYS = (
-    "plugins.health_timeout",
-    "plugins.drain_timeout",
-    "events.history_size",
-    "events.retry_attempts",
-    "events.retry_backoff",
-    "events.max_payload_bytes",
-    "events.claim_idle",
-)
-
-
-def _check_numbers(config: Config) -> None:
-    """Fail early, naming the key and its layer, rather than on the first health check."""
-    for key in NUMERIC_KEYS:
-        value = config.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ConfigError(
-                f"{key} = {value!r} (from {config.source(key)}): expected a number >= 0"
-            )

@@ -15,12 +15,13 @@ from typing import Any
 import rich_click as click
 
 from chatterfix import __version__
+from chatterfix.cli.config_commands import config_group
 
 click.rich_click.TEXT_MARKUP = "rich"  # markdown would import markdown-it: ~15 ms
 click.rich_click.SHOW_ARGUMENTS = True
 click.rich_click.COMMAND_GROUPS = {
     "chatterfix": [
-        {"name": "Platform", "commands": ["start", "status", "plugin"]},
+        {"name": "Platform", "commands": ["start", "status", "plugin", "config"]},
         {"name": "Plugins", "commands": ["list", "hooks", "info"]},
     ]
 }
@@ -175,6 +176,9 @@ def info(as_json: bool) -> None:
     from chatterfix.cli.reports import show_info
 
     show_info(as_json)
+
+
+cli.add_command(config_group)
 
 
 def main(argv: list[str] | None = None) -> Any:

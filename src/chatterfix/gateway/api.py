@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from chatterfix.gateway import events_api
+from chatterfix.gateway import config_api, events_api
 from chatterfix.gateway.errors import APIError
 from chatterfix.gateway.routing import exempt_from_drain, platform_of
 from chatterfix.plugins import PluginActionError, PluginNotFound, PluginRecord
@@ -117,6 +117,10 @@ PLATFORM_ROUTES = [
     Route("/platform/events", events_api.list_events, methods=["GET"]),
     Route("/platform/events", events_api.emit_event, methods=["POST"]),
     Route("/platform/events/stream", events_api.stream_events, methods=["GET"]),
+    Route("/platform/config", config_api.show_config, methods=["GET"]),
+    Route("/platform/config/{key}", config_api.show_config_key, methods=["GET"]),
+    # Management endpoint: changes the running configuration.
+    Route("/platform/config/{key}", config_api.set_config_key, methods=["PUT"]),
 ]
 
 
