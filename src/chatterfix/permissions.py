@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 ADMIN_PERMISSION = "platform.admin"
 PLATFORM_PERMISSIONS = {
     ADMIN_PERMISSION: "Manage the platform: plugins, configuration, events, services, users",
+    "ai.use": "Call the shared AI service over HTTP (/platform/ai/...)",
 }
 REQUIRED_PERMISSION_ATTRIBUTE = "__chatterfix_permission__"
 

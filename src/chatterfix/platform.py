@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import sqlalchemy
 
     from chatterfix.gateway.app import Gateway
+    from chatterfix.services.ai.service import AIService
     from chatterfix.services.database import Database
 
 logger = logging.getLogger("chatterfix.platform")
@@ -83,6 +84,7 @@ class Platform:
         self._consumer: anyio.CancelScope | None = None
         self._consumer_stopped: anyio.Event | None = None
         self._database: Database | None = None
+        self._ai: AIService | None = None
         self.started = False
         self.started_at: datetime | None = None
         self._started_monotonic = time.monotonic()
@@ -144,8 +146,14 @@ class Platform:
         raise ServiceNotAvailable("the auth service is not available yet in this version")
 
     @property
-    def ai(self) -> Any:
-        raise ServiceNotAvailable("the AI service is not available yet in this version")
+    def ai(self) -> AIService:
+        """Text, streams, image findings, voice-to-work-order and embeddings over the
+        providers: the built-in ones and those of ``register_ai_providers``."""
+        if self._ai is None:
+            from chatterfix.services.ai.service import AIService
+
+            self._ai = AIService.for_platform(self)
+        return self._ai
 
     @property
     def discovery(self) -> Any:
@@ -356,6 +364,9 @@ class Platform:
         if self._database is not None:
             with anyio.CancelScope(shield=True):
                 await self._database.aclose()
+        if self._ai is not None:  # the providers' HTTP connections
+            with anyio.CancelScope(shield=True):
+                await self._ai.aclose()
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
         if self._exit_stack is not None:

@@ -16,6 +16,7 @@ import rich_click as click
 
 from chatterfix import __version__
 from chatterfix.cli.config_commands import config_group
+from chatterfix.cli.keys import keys
 
 click.rich_click.TEXT_MARKUP = "rich"  # markdown would import markdown-it: ~15 ms
 click.rich_click.SHOW_ARGUMENTS = True
@@ -179,6 +180,9 @@ def info(as_json: bool) -> None:
 
 
 cli.add_command(config_group)
+
+
+cli.add_command(keys)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from chatterfix.gateway import config_api, events_api
+from chatterfix.gateway.ai_api import AI_ROUTES
 from chatterfix.gateway.errors import APIError
 from chatterfix.gateway.routing import exempt_from_drain, platform_of
 from chatterfix.plugins import PluginActionError, PluginNotFound, PluginRecord
@@ -121,6 +122,7 @@ PLATFORM_ROUTES = [
     Route("/platform/config/{key}", config_api.show_config_key, methods=["GET"]),
     # Management endpoint: changes the running configuration.
     Route("/platform/config/{key}", config_api.set_config_key, methods=["PUT"]),
+    *AI_ROUTES,
 ]
 
 
