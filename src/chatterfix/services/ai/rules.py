@@ -565,7 +565,9 @@ def priority_for(analysis: TextAnalysis) -> str:
             level = symptom.priority
     if analysis.symptoms and analysis.severe and level != "critical":
         level = _raise(level)
-    if analysis.symptoms and analysis.mild and not analysis.severe and level in ("medium", "high"):
+    # "slight", "minor": one mild symptom is less pressing (two symptoms are not mild).
+    mild = analysis.mild and not analysis.severe and len(analysis.symptoms) == 1
+    if mild and level in ("medium", "high"):
         level = _raise(level, -1)
     if analysis.urgency is not None:
         if analysis.urgency == "low" and level != "critical":
