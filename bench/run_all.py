@@ -19,7 +19,16 @@ from typing import Any
 
 from _common import BENCH_DIR, machine_info, print_table
 
-BENCHMARKS = ("cli_help", "startup_plugins", "gateway_rps", "events_inprocess", "events_transport")
+BENCHMARKS = (
+    "cli_help",
+    "startup_plugins",
+    "gateway_rps",
+    "events_inprocess",
+    "events_transport",
+    "database_query",
+    "auth_overhead",
+    "ai_overhead",
+)
 RESULTS = BENCH_DIR / "results.json"
 TIMEOUT_S = 600
 
@@ -123,6 +132,42 @@ def summary_rows(results: dict[str, Any]) -> list[list[object]]:
                     f"{row['ratio']:.2f}",
                     ">= 10,000/s",
                     "met" if row["ours"]["per_s"] >= 10_000 else "MISSED",
+                ]
+            )
+    if "database_query" in results:
+        r = results["database_query"]
+        labels = {"select": "SELECT by key", "insert": "INSERT"}
+        for backend, result in r["backends"].items():
+            for op, label in labels.items():
+                row = result[op]
+                rows.append(
+                    [
+                        f"execute_query round trips/s, {backend}, {label}",
+                        f"{row['best']['service']['ops_per_s']:,.0f}",
+                        f"{row['best']['raw']['ops_per_s']:,.0f} (raw SQLAlchemy Core)",
+                        f"{row['ratio']:.2f}",
+                        ">= 0.8",
+                        "met" if row["ratio"] >= 0.8 else "MISSED",
+                    ]
+                )
+    if "auth_overhead" in results:
+        r = results["auth_overhead"]
+        for key, label in (
+            ("protected", "protected route req/s, token, auth on"),
+            ("open", "GET /api/hello req/s, no header, auth on"),
+            ("no_cache", "  protected route, token cache off (worst case)"),
+        ):
+            c = r["comparisons"][key]
+            value, base = r["best"][c["case"]], r["best"][c["baseline"]]
+            primary = key != "no_cache"
+            rows.append(
+                [
+                    label,
+                    f"{value['rps']:.0f}",
+                    f"{base['rps']:.0f} (auth off)",
+                    f"{c['ratio']:.2f}",
+                    ">= 0.85" if primary else "",
+                    ("met" if c["ratio"] >= 0.85 else "MISSED") if primary else "",
                 ]
             )
     return rows
