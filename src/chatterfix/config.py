@@ -64,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
         "stream": "chatterfix:events",
         "group": "",
         "claim_idle": 30.0,
+        "persist_history": False,
+        "history_retention": 100_000,
+        "history_retention_days": 0.0,
     },
     "logging": {"level": "INFO"},
     "database": {"url": "", "pool_size": 5},
@@ -114,6 +117,8 @@ BUILTIN_SCHEMA: dict[str, dict[str, Any]] = {
     "events.retry_backoff": {"minimum": 0},
     "events.max_payload_bytes": {"minimum": 1},
     "events.claim_idle": {"minimum": 0},
+    "events.history_retention": {"minimum": 0},
+    "events.history_retention_days": {"minimum": 0},
     "logging.level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]},
     "database.pool_size": {"minimum": 1},
 }

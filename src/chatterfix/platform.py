@@ -19,6 +19,7 @@ import attrs
 from chatterfix import __version__
 from chatterfix.config import Config
 from chatterfix.context import current_platform
+from chatterfix.events import durable as durable_events
 from chatterfix.events.bus import EventBus, RetryPolicy
 from chatterfix.events.transports import Transport, default_group, transport_for
 from chatterfix.plugins import PluginRecord, PluginRegistry, PluginState, iso_utc
@@ -285,9 +286,13 @@ class Platform:
         self.started_at = datetime.now(UTC)
         self._started_monotonic = time.monotonic()
         try:
+            await durable_events.open_history(self)
             with self.activated():
                 await self.plugins.start_all_plugins()
             await self._connect_events()
+            await durable_events.start(
+                self, self._task_group, database_used=self._database is not None
+            )
         except BaseException:
             with anyio.CancelScope(shield=True), self.activated():
                 await self.plugins.stop_all_plugins()
@@ -352,6 +357,8 @@ class Platform:
 
     async def _close(self) -> None:
         leave_platform(self)
+        with anyio.CancelScope(shield=True):  # the outbox relay, then the history's last writes
+            await durable_events.close(self)
         transport, self.events.transport = self.events.transport, None
         if transport is not None:
             with anyio.CancelScope(shield=True):

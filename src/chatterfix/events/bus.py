@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import inspect
 import itertools
@@ -21,6 +22,10 @@ from chatterfix.events.catalog import SystemEvents
 from chatterfix.events.model import Event, check_pattern, check_type, encode_data
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from chatterfix.events.outbox import Outbox
+    from chatterfix.events.store import HistoryStore
     from chatterfix.events.transports import Transport
 
 Handler = Callable[[Event], Awaitable[Any] | Any]
@@ -101,6 +106,10 @@ class EventBus:
         self.dead_letters: collections.deque[DeadLetter] = collections.deque(maxlen=history_size)
         # Set by the platform when events.backend names a broker.
         self.transport: Transport | None = None
+        # Set by the platform when events.persist_history is on.
+        self.store: HistoryStore | None = None
+        # Set by the platform while it runs.
+        self.outbox: Outbox | None = None
         # Ids of the events delivered here, newest last: a broker delivers at least once.
         self._delivered: collections.OrderedDict[str, None] = collections.OrderedDict()
 
@@ -178,11 +187,27 @@ class EventBus:
         The correlation id defaults to that of the event being handled (when a handler
         emits), else to the current gateway request's id.
         """
+        event = self.new_event(
+            event_type, data, source=source, correlation_id=correlation_id, priority=priority
+        )
+        await self.send(event)
+        return event
+
+    def new_event(
+        self,
+        event_type: str,
+        data: dict[str, Any] | None = None,
+        *,
+        source: str = "",
+        correlation_id: str | None = None,
+        priority: int = 0,
+    ) -> Event:
+        """A checked event with its correlation and causation filled in, not yet sent."""
         check_type(event_type)
         payload = {} if data is None else data
         encode_data(event_type, payload, self.max_payload_bytes)
         cause = _current_event.get()
-        event = Event(
+        return Event(
             type=event_type,
             data=payload,
             source=source,
@@ -192,11 +217,50 @@ class EventBus:
             causation_id=cause.id if cause else None,
             priority=priority,
         )
-        self._remember(event.id)
-        await self.publish(event)
+
+    async def send(self, event: Event) -> None:
+        """Deliver an event made in this process: to the local handlers (once, even if it
+        is sent again), to the persisted history, then to the broker."""
+        if event.id not in self._delivered:
+            self._remember(event.id)
+            if self.store is not None and self.store.add(event):
+                await self.store.make_room()
+            await self.publish(event)
         if self.transport is not None:
             await self.transport.publish(event)
+
+    async def emit_in(
+        self,
+        session: AsyncSession,
+        event_type: str,
+        data: dict[str, Any] | None = None,
+        *,
+        source: str = "",
+        correlation_id: str | None = None,
+        priority: int = 0,
+    ) -> Event:
+        """Emit as part of the database transaction ``session`` is in (the transactional
+        outbox): the event is published, to local handlers and the broker, if and only if
+        that transaction commits, shortly after it does, even if this process dies first.
+        Returns the event, not yet delivered."""
+        event = self.new_event(
+            event_type, data, source=source, correlation_id=correlation_id, priority=priority
+        )
+        await self._running_outbox().add(session, event)
         return event
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
+        """``async with platform.events.transaction() as session:`` a session of the shared
+        database in a transaction, committed at the end of the block; the events emitted in
+        it with :meth:`emit_in` have been delivered when the block ends."""
+        return self._running_outbox().transaction()
+
+    def _running_outbox(self) -> Outbox:
+        if self.outbox is None:
+            raise RuntimeError(
+                "the transactional outbox needs a running platform (`async with platform:`)"
+            )
+        return self.outbox
 
     async def receive(self, event: Event) -> None:
         """An event from another process: delivered here once, whatever the broker does."""
@@ -335,4 +399,37 @@ class EventBus:
             and (since is None or event.timestamp >= since)
             and (until is None or event.timestamp <= until)
         ]
+        return found[-limit:] if limit else found
+
+    async def query(
+        self,
+        event_type: str | None = None,
+        *,
+        source: str | None = None,
+        correlation_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """Like :meth:`find`, from the shared database when the history is persisted
+        (``events.persist_history``), else from memory. ``after`` keeps the events recorded
+        after the one with that id (all of them if it is no longer kept)."""
+        if self.store is not None:
+            return await self.store.query(
+                event_type,
+                source=source,
+                correlation_id=correlation_id,
+                since=since,
+                until=until,
+                after=after,
+                limit=limit,
+            )
+        found = self.find(
+            event_type, source=source, correlation_id=correlation_id, since=since, until=until
+        )
+        if after:
+            ids = [event.id for event in found]
+            if after in ids:
+                found = found[ids.index(after) + 1 :]
         return found[-limit:] if limit else found

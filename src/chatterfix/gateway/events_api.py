@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from starlette.requests import Request
@@ -15,13 +15,11 @@ from chatterfix.events.model import Event, EventError, check_pattern, to_cloudev
 from chatterfix.gateway.errors import APIError
 from chatterfix.gateway.routing import platform_of
 
-if TYPE_CHECKING:
-    from chatterfix.platform import Platform
-
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 STREAM_BUFFER = 1000  # events a slow stream reader may fall behind before it is cut off
 KEEPALIVE_SECONDS = 15.0
+RESUME_LIMIT = 10_000  # events a reconnecting stream reader gets back at most (the newest)
 EMIT_FIELDS = {"type", "data", "source", "correlation_id", "priority"}
 
 
@@ -56,8 +54,9 @@ def _pattern(request: Request) -> str | None:
 
 async def list_events(request: Request) -> Response:
     """The history, oldest first, as CloudEvents; filters: type (wildcards), source,
-    correlation_id, since, until, limit (the newest ``limit``, default 100)."""
-    events = platform_of(request).events.find(
+    correlation_id, since, until, limit (the newest ``limit``, default 100). From the shared
+    database when the history is persisted."""
+    events = await platform_of(request).events.query(
         _pattern(request),
         source=request.query_params.get("source"),
         correlation_id=request.query_params.get("correlation_id"),
@@ -128,9 +127,19 @@ async def stream_events(request: Request) -> Response:
         except anyio.ClosedResourceError:
             pass
 
-    missed = _missed(platform, request.headers.get("last-event-id"), pattern)
     owner = object()
     platform.events.subscribe(pattern, forward, owner=owner)
+    last_id = request.headers.get("last-event-id")
+    missed: list[Event] = []
+    if last_id:
+        try:
+            # What it missed, oldest first (with the history persisted, also across a
+            # restart); read after subscribing, so that nothing emitted meanwhile is lost.
+            missed = await platform.events.query(pattern, after=last_id, limit=RESUME_LIMIT)
+        except BaseException:
+            platform.events.unsubscribe_owner(owner)
+            raise
+    sent_again = {event.id for event in missed}
 
     async def body() -> AsyncIterator[str]:
         try:
@@ -141,7 +150,10 @@ async def stream_events(request: Request) -> Response:
                 while True:
                     with anyio.move_on_after(KEEPALIVE_SECONDS) as waited:
                         event = await receive.receive()
-                    yield ": keep-alive\n\n" if waited.cancelled_caught else _sse(event)
+                    if waited.cancelled_caught:
+                        yield ": keep-alive\n\n"
+                    elif event.id not in sent_again:
+                        yield _sse(event)
         except anyio.EndOfStream:
             return
         finally:
@@ -153,16 +165,6 @@ async def stream_events(request: Request) -> Response:
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-
-
-def _missed(platform: Platform, last_id: str | None, pattern: str) -> list[Event]:
-    if not last_id:
-        return []
-    history = platform.events.find(pattern)
-    for index, event in enumerate(history):
-        if event.id == last_id:
-            return history[index + 1 :]
-    return history  # the last one seen is no longer in history: send all we still have
 
 
 def _sse(event: Event) -> str:
