@@ -190,7 +190,13 @@ class EventBus:
         event = self.new_event(
             event_type, data, source=source, correlation_id=correlation_id, priority=priority
         )
-        await self.send(event)
+        # What send() does, inline: emit is the hot path, and a new event is new here.
+        self._remember(event.id)
+        if self.store is not None and self.store.add(event):
+            await self.store.make_room()
+        await self.publish(event)
+        if self.transport is not None:
+            await self.transport.publish(event)
         return event
 
     def new_event(
