@@ -15,6 +15,7 @@ from typing import Any
 import rich_click as click
 
 from chatterfix import __version__
+from chatterfix.cli.apps import create_app, templates, update_app
 from chatterfix.cli.config_commands import config_group
 from chatterfix.cli.keys import keys
 
@@ -24,6 +25,7 @@ click.rich_click.COMMAND_GROUPS = {
     "chatterfix": [
         {"name": "Platform", "commands": ["start", "status", "plugin", "config"]},
         {"name": "Plugins", "commands": ["list", "hooks", "info"]},
+        {"name": "Apps", "commands": ["create-app", "update-app", "templates"]},
     ]
 }
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -183,6 +185,10 @@ cli.add_command(config_group)
 
 
 cli.add_command(keys)
+
+
+for _command in (create_app, update_app, templates):
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> Any:
