@@ -41,16 +41,30 @@ def make_folder_plugin(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture
 def serve() -> Callable[..., Any]:
-    """``async with serve(platform) as client``: start the platform, talk to its gateway."""
+    """``async with serve(platform) as client``: start the platform, talk to its gateway.
+
+    The client sends an administrator's API token, as an operator managing the platform
+    would; ``serve(platform, admin=False)`` gives an anonymous client.
+    """
     import contextlib
+    import secrets
 
     import httpx
 
     @contextlib.asynccontextmanager
-    async def run(platform: Any) -> Any:
+    async def run(platform: Any, *, admin: bool = True) -> Any:
         async with platform:
+            headers = {}
+            if admin:
+                user = await platform.auth.create_user(
+                    username=f"admin-{secrets.token_hex(4)}", roles=["admin"]
+                )
+                issued = await platform.auth.create_token(user.id, "tests")
+                headers["Authorization"] = f"Bearer {issued.token}"
             transport = httpx.ASGITransport(app=platform.asgi_app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://gw", headers=headers
+            ) as client:
                 yield client
 
     return run

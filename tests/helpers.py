@@ -60,6 +60,14 @@ def gateway(python: str, *args: str, cwd: Path, env: dict[str, str] | None = Non
             process.wait()
 
 
+def admin_headers(cwd: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The administrator's token a gateway started by :func:`gateway` saved on first start."""
+    data_dir = (env or {}).get("CHATTERFIX_DATA_DIR") or os.environ.get("CHATTERFIX_DATA_DIR")
+    folder = Path(data_dir) if data_dir else cwd / ".chatterfix"
+    token = (folder / "cli-token").read_text().strip()
+    return {"Authorization": f"Bearer {token}"}
+
+
 def require_service(port: int, name: str) -> None:
     """Skip when a loopback service is down, except in CI, where that is a failure."""
     with socket.socket() as sock:

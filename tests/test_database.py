@@ -170,3 +170,24 @@ def test_hosting_style_urls_map_to_the_async_drivers() -> None:
     assert async_url("postgresql://db/cmms") == "postgresql+asyncpg://db/cmms"
     assert async_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
     assert bind_placeholders("a = ? AND b = '?'", [1]) == ("a = :p0 AND b = '?'", {"p0": 1}, [])
+
+
+async def test_a_statement_survives_a_dropped_connection(tmp_path: Path) -> None:
+    require_service(5432, "PostgreSQL")
+    platform = Platform(
+        config={"database": {"url": POSTGRES}}, load_entrypoints=False, builtins=False
+    )
+    async with platform:
+        db = platform.database
+        pid = (await db.execute_query("SELECT pg_backend_pid() AS pid", fetch="one"))["data"]
+        killer = Platform(
+            config={"database": {"url": POSTGRES}}, load_entrypoints=False, builtins=False
+        )
+        async with killer:
+            killed = await killer.database.execute_query(
+                "SELECT pg_terminate_backend(?) AS done", [pid["pid"]], fetch="one"
+            )
+        assert killed["data"] == {"done": True}
+        again = await db.execute_query("SELECT pg_backend_pid() AS pid", fetch="one")
+        assert again["success"], again
+        assert again["data"]["pid"] != pid["pid"]

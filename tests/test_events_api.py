@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from chatterfix import Platform
-from tests.helpers import gateway
+from tests.helpers import admin_headers, gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -116,7 +116,9 @@ def test_stream_delivers_live_events_and_resumes(tmp_path: Path) -> None:
 
         def emit(event_type: str, number: int) -> str:
             reply = httpx.post(
-                url + "/platform/events", json={"type": event_type, "data": {"n": number}}
+                url + "/platform/events",
+                json={"type": event_type, "data": {"n": number}},
+                headers=admin_headers(tmp_path),
             )
             event_id: str = reply.json()["id"]
             return event_id

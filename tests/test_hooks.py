@@ -8,7 +8,6 @@ import click
 import pytest
 from click.testing import CliRunner
 
-import chatterfix
 from chatterfix import Event, Platform, SystemEvents, hookimpl, hookspec
 
 pytestmark = pytest.mark.anyio
@@ -273,8 +272,8 @@ async def test_seed_names_resolve_to_the_running_platform() -> None:
         assert plugin_registry.get_plugin_status("inventory")["status"] == "running"
         assert config_manager.get("platform.debug") is True
         assert shared_services.get_logger("my_app").name == "chatterfix.my_app"
-        with pytest.raises(chatterfix.ServiceNotAvailable, match="not available yet"):
-            _ = shared_services.auth
+        assert shared_services.auth is platform.auth
+        assert shared_services.ai is platform.ai
         assert platform.events.history[-1].type == "test.event"
 
 

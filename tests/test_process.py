@@ -15,7 +15,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.helpers import gateway
+from tests.helpers import admin_headers, gateway
 
 pytestmark = pytest.mark.slow
 
@@ -128,6 +128,7 @@ def test_installed_distribution_is_discovered_served_and_managed(
     assert plugins["hello"]["origin"] == "builtin"
 
     with gateway(python, cwd=tmp_path) as url:
+        admin = admin_headers(tmp_path)
         assert httpx.get(url + "/api/cmms_tools/wrench").json() == {
             "tool": "wrench",
             "generation": 1,
@@ -135,34 +136,35 @@ def test_installed_distribution_is_discovered_served_and_managed(
         listing = httpx.get(url + "/platform/plugins").json()["plugins"]
         assert {"cmms_tools", "hello"} <= {p["name"] for p in listing}
 
-        stopped = httpx.post(url + "/platform/plugins/cmms_tools/stop").json()
+        stopped = httpx.post(url + "/platform/plugins/cmms_tools/stop", headers=admin).json()
         assert stopped["status"] == "stopped"
         assert httpx.get(url + "/api/cmms_tools/wrench").status_code == 503
-        assert httpx.post(url + "/platform/plugins/cmms_tools/start").json()["status"] == (
-            "running"
-        )
+        started = httpx.post(url + "/platform/plugins/cmms_tools/start", headers=admin)
+        assert started.json()["status"] == "running"
         # Upgrade the installed distribution under the running gateway, then reload.
         # Upgrade the installed distribution under the running gateway, then reload.
         (plugin_source / "cmms_tools" / "main.py").write_text(PLUGIN_MAIN.format(generation=2))
         pyproject = plugin_source / "pyproject.toml"
         pyproject.write_text(pyproject.read_text().replace("3.1.4", "3.2.0"))
         pip_install(python, plugin_source)
-        reloaded = httpx.post(url + "/platform/plugins/cmms_tools/reload")
+        reloaded = httpx.post(url + "/platform/plugins/cmms_tools/reload", headers=admin)
         assert reloaded.status_code == 200, reloaded.text
         assert httpx.get(url + "/api/cmms_tools/wrench").json()["generation"] == 2
         assert httpx.get(url + "/platform/plugins/cmms_tools").json()["version"] == "3.2.0"
 
         cli = [python, "-m", "chatterfix", "plugin"]
-        stop = subprocess.run([*cli, "stop", "cmms_tools", "--url", url], **text_output)
+        # The command line finds the administrator's token in the data folder of this test.
+        cli_output = text_output | {"env": {**os.environ, "COLUMNS": "300"}}
+        stop = subprocess.run([*cli, "stop", "cmms_tools", "--url", url], **cli_output)
         assert stop.stdout.strip() == "cmms_tools: stopped"
         refused = subprocess.run(
-            [*cli, "stop", "cmms_tools", "--url", url], **text_output | {"check": False}
+            [*cli, "stop", "cmms_tools", "--url", url], **cli_output | {"check": False}
         )
         assert refused.returncode == 1
         assert "409: plugin 'cmms_tools' is not running (stopped)" in refused.stderr
-        start = subprocess.run([*cli, "start", "cmms_tools", "--url", url], **text_output)
+        start = subprocess.run([*cli, "start", "cmms_tools", "--url", url], **cli_output)
         assert start.stdout.strip() == "cmms_tools: running"
-        reload = subprocess.run([*cli, "reload", "cmms_tools", "--url", url], **text_output)
+        reload = subprocess.run([*cli, "reload", "cmms_tools", "--url", url], **cli_output)
         assert reload.stdout.strip() == "cmms_tools: running"
 
         status = subprocess.run(
@@ -239,7 +241,9 @@ def test_reload_under_load_fails_no_request(tmp_path: Path) -> None:
             for generation in range(1, 6):
                 await anyio.sleep(0.3)
                 (folder / "main.py").write_text(f"GENERATION = {generation}\n" + SLOW_PLUGIN)
-                reply = await client.post(url + "/platform/plugins/busy/reload")
+                reply = await client.post(
+                    url + "/platform/plugins/busy/reload", headers=admin_headers(tmp_path)
+                )
                 if reply.status_code != 200:
                     failures.append(f"reload: {reply.text}")
             await anyio.sleep(0.3)

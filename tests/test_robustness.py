@@ -277,7 +277,7 @@ async def test_failed_reload_keeps_the_running_generations_contributions() -> No
         plugin.fail = True
         with pytest.raises(Exception, match="bad deploy"):
             await platform.plugins.reload_plugin("contrib")
-        assert list(platform.permissions) == ["contrib.use"]
+        assert list(platform.permissions) == ["platform.admin", "ai.use", "contrib.use"]
         assert list(platform.ai_providers) == ["contrib_llm"]
         assert list(platform.metadata.tables) == ["contrib_items"]
         assert platform.plugins.get("contrib").state is PluginState.RUNNING

@@ -45,6 +45,23 @@ async def test_fixtures_give_a_started_platform_and_a_client(
     assert response.json() == {"count": 10}
 
 
+@pytest.mark.anyio
+async def test_tokens_and_an_admin_client_for_permission_checks(
+    chatterfix_platform: Platform,
+    chatterfix_client: httpx.AsyncClient,
+    chatterfix_admin_client: httpx.AsyncClient,
+    chatterfix_token: Any,
+) -> None:
+    reader = await chatterfix_token("counter.read")
+    me = await chatterfix_client.get(
+        "/platform/auth/me", headers={"Authorization": f"Bearer {reader}"}
+    )
+    assert me.json()["permissions"] == ["counter.read"]
+    assert (await chatterfix_client.post("/platform/plugins/counter/stop")).status_code == 401
+    stopped = await chatterfix_admin_client.post("/platform/plugins/counter/stop")
+    assert stopped.json()["status"] == "stopped"
+
+
 def test_plugin_works_in_a_plain_project(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         my_app="""

@@ -24,7 +24,7 @@ import pytest
 
 from chatterfix import Event, Platform
 from chatterfix.events.transports import PublishBatcher, TransportError
-from tests.helpers import free_port, gateway, require_service
+from tests.helpers import admin_headers, free_port, gateway, require_service
 
 BROKERS = {
     "redis": ("redis://127.0.0.1:6379/0", 6379, "Redis"),
@@ -133,7 +133,9 @@ def test_separate_processes_share_events_both_ways(
             else:
                 raise AssertionError("the event did not reach the other process")
             reply = await client.post(
-                url + "/platform/events", json={"type": "erp.order.shipped", "data": {"n": 1}}
+                url + "/platform/events",
+                json={"type": "erp.order.shipped", "data": {"n": 1}},
+                headers=admin_headers(tmp_path, env),
             )
             await wait_for(lambda: [e.id for e in heard] == [reply.json()["id"]])
 

@@ -26,9 +26,11 @@ if TYPE_CHECKING:
     from chatterfix.events.model import Event, EventError
     from chatterfix.gateway.errors import APIError
     from chatterfix.manifest import ManifestError, PluginManifest
+    from chatterfix.permissions import current_user, requires
     from chatterfix.platform import Platform, ServiceNotAvailable
     from chatterfix.plugins import PluginState
     from chatterfix.service_endpoint import ServiceEndpoint
+    from chatterfix.services.auth import User
 
 _LAZY = {
     "Platform": "chatterfix.platform",
@@ -42,6 +44,9 @@ _LAZY = {
     "ManifestError": "chatterfix.manifest",
     "PluginState": "chatterfix.plugins",
     "ServiceEndpoint": "chatterfix.service_endpoint",
+    "requires": "chatterfix.permissions",
+    "current_user": "chatterfix.permissions",
+    "User": "chatterfix.services.auth",
 }
 
 
@@ -69,12 +74,15 @@ __all__ = [
     "ServiceEndpoint",
     "ServiceNotAvailable",
     "SystemEvents",
+    "User",
     "__version__",
     "config_manager",
+    "current_user",
     "event_system",
     "hookimpl",
     "hookspec",
     "plugin_registry",
+    "requires",
     "service_discovery",
     "shared_services",
 ]

@@ -69,7 +69,7 @@ DEFAULTS: dict[str, Any] = {
         "history_retention_days": 0.0,
     },
     "logging": {"level": "INFO"},
-    "database": {"url": "", "pool_size": 5},
+    "database": {"url": "", "pool_size": 5, "pool_pre_ping": False},
     "ai": {
         "default_provider": "local",
         "fallbacks": [],
@@ -88,6 +88,13 @@ DEFAULTS: dict[str, Any] = {
             },
             "xai": {"base_url": "https://api.x.ai/v1", "model": "grok-2-latest"},
         },
+    },
+    "auth": {
+        "enabled": True,
+        "token_cache_seconds": 10.0,
+        "login_attempts": 5,
+        "login_window": 300.0,
+        "login_token_ttl": 43200.0,
     },
 }
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from chatterfix.context import current_platform
 from chatterfix.events import durable as durable_events
 from chatterfix.events.bus import EventBus, RetryPolicy
 from chatterfix.events.transports import Transport, default_group, transport_for
+from chatterfix.permissions import PLATFORM_PERMISSIONS
 from chatterfix.plugins import PluginRecord, PluginRegistry, PluginState, iso_utc
 from chatterfix.seed import enter_platform, leave_platform
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from chatterfix.gateway.app import Gateway
     from chatterfix.services.ai.service import AIService
+    from chatterfix.services.auth import AuthService
     from chatterfix.services.database import Database
 
 logger = logging.getLogger("chatterfix.platform")
@@ -74,7 +75,10 @@ class Platform:
             ),
             max_payload_bytes=int(self.config.get("events.max_payload_bytes")),
         )
-        self.permissions: dict[str, Permission] = {}
+        self.permissions: dict[str, Permission] = {
+            name: Permission(name, description, "platform")
+            for name, description in PLATFORM_PERMISSIONS.items()
+        }
         self.ai_providers: dict[str, Any] = {}
         self._owners: dict[tuple[str, str], PluginRecord] = {}
         self._table_owners: dict[str, str] = {}
@@ -86,6 +90,7 @@ class Platform:
         self._consumer_stopped: anyio.Event | None = None
         self._database: Database | None = None
         self._ai: AIService | None = None
+        self._auth: AuthService | None = None
         self.started = False
         self.started_at: datetime | None = None
         self._started_monotonic = time.monotonic()
@@ -132,19 +137,19 @@ class Platform:
         or ``DATABASE_URL`` names another). Created on first use; nothing connects until a
         query runs."""
         if self._database is None:
-            from chatterfix.services.database import Database, default_url
+            from chatterfix.services.database import database_for
 
-            url = (
-                str(self.config.get("database.url") or "")
-                or os.environ.get("DATABASE_URL", "")
-                or default_url(str(self.config.get("platform.data_dir")))
-            )
-            self._database = Database(url, pool_size=int(self.config.get("database.pool_size")))
+            self._database = database_for(self.config)
         return self._database
 
     @property
-    def auth(self) -> Any:
-        raise ServiceNotAvailable("the auth service is not available yet in this version")
+    def auth(self) -> AuthService:
+        """Users, roles, permissions and API tokens, stored in the shared database."""
+        if self._auth is None:
+            from chatterfix.services.auth import AuthService
+
+            self._auth = AuthService(lambda: self.database, self.config)
+        return self._auth
 
     @property
     def ai(self) -> AIService:

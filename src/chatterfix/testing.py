@@ -6,6 +6,9 @@ Fixtures, all async (run them under ``@pytest.mark.anyio``):
 - ``chatterfix_config`` — override to pass configuration (default: data in ``tmp_path``).
 - ``chatterfix_platform`` — a started :class:`~chatterfix.Platform` with just those plugins.
 - ``chatterfix_client`` — an ``httpx.AsyncClient`` bound to that platform's gateway.
+- ``chatterfix_admin_client`` — the same, sending an administrator's API token.
+- ``chatterfix_token`` — a factory: ``await chatterfix_token("perm.a", ...)`` issues a token
+  for a new user holding just those permissions.
 
 Nothing heavy is imported until a fixture is used, so installing ChatterFix costs other
 test suites nothing.
@@ -13,7 +16,8 @@ test suites nothing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,4 +68,45 @@ async def chatterfix_client(
 
     transport = httpx.ASGITransport(app=chatterfix_platform.asgi_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+@pytest.fixture
+def chatterfix_token(
+    anyio_backend: str, chatterfix_platform: Platform
+) -> Callable[..., Awaitable[str]]:
+    """``await chatterfix_token("work_order.create")``: an API token for a new user holding
+    exactly the permissions given (none: a user without permissions)."""
+
+    async def issue(*permissions: str) -> str:
+        auth = chatterfix_platform.auth
+        name = f"test-{secrets.token_hex(4)}"
+        roles = []
+        if permissions:
+            await auth.create_role(name, permissions)
+            roles.append(name)
+        user = await auth.create_user(username=name, roles=roles)
+        return (await auth.create_token(user.id, "tests")).token
+
+    return issue
+
+
+@pytest.fixture
+async def chatterfix_admin_client(
+    anyio_backend: str,
+    chatterfix_platform: Platform,
+    chatterfix_token: Callable[..., Awaitable[str]],
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Like ``chatterfix_client``, sending an administrator's token (``platform.admin``)."""
+    import httpx
+
+    from chatterfix.permissions import ADMIN_PERMISSION
+
+    token = await chatterfix_token(ADMIN_PERMISSION)
+    transport = httpx.ASGITransport(app=chatterfix_platform.asgi_app)
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://testserver",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as client:
         yield client

@@ -18,6 +18,7 @@ from chatterfix import __version__
 from chatterfix.cli.apps import create_app, templates, update_app
 from chatterfix.cli.config_commands import config_group
 from chatterfix.cli.keys import keys
+from chatterfix.cli.users import users
 
 click.rich_click.TEXT_MARKUP = "rich"  # markdown would import markdown-it: ~15 ms
 click.rich_click.SHOW_ARGUMENTS = True
@@ -184,11 +185,17 @@ def info(as_json: bool) -> None:
 cli.add_command(config_group)
 
 
+cli.add_command(users)
+
+
 cli.add_command(keys)
 
 
 for _command in (create_app, update_app, templates):
     cli.add_command(_command)
+
+
+cli.add_command(users)
 
 
 def main(argv: list[str] | None = None) -> Any:

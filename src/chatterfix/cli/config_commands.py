@@ -75,7 +75,13 @@ def get(key: str, source: bool, show_secrets: bool, url: str | None) -> None:
     default=None,
     help="Set a runtime value in the gateway at this URL instead (lost when it restarts).",
 )
-def set_value(key: str, value: str, url: str | None) -> None:
+@click.option(
+    "--token",
+    default=None,
+    help="With --url: an administrator's API token (default: CHATTERFIX_TOKEN, else the "
+    "token saved in the data folder by the first `chatterfix start`).",
+)
+def set_value(key: str, value: str, url: str | None, token: str | None) -> None:
     """Write KEY = VALUE to the configuration file (chatterfix.toml here, or the file named
     by CHATTERFIX_CONFIG); a running gateway applies the change when it sees the file change.
 
@@ -83,7 +89,7 @@ def set_value(key: str, value: str, url: str | None) -> None:
     true/false for an on/off key, "a, b" a list for a list key.
     """
     if url:
-        view = _call(url, "PUT", f"/platform/config/{key}", {"text": value})
+        view = _call(url, "PUT", f"/platform/config/{key}", {"text": value}, token)
         click.echo(f"{key} = {_text(view['value'])} (runtime value of {url}; not saved)")
         return
     _write_value(key, value)
@@ -246,12 +252,20 @@ def _print_table(data: dict[str, Any]) -> None:
         console.print(Text(f"the file's last change was refused: {data['file_error']}", "red"))
 
 
-def _call(url: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
+def _call(
+    url: str, method: str, path: str, body: Any = None, token: str | None = None
+) -> dict[str, Any]:
     """Call the gateway; failures become one clear message, never a traceback."""
     import httpx
 
+    from chatterfix.cli.credentials import resolve_token
+
+    secret = resolve_token(token)
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
     try:
-        response = httpx.request(method, url.rstrip("/") + path, json=body, timeout=30)
+        response = httpx.request(
+            method, url.rstrip("/") + path, json=body, headers=headers, timeout=30
+        )
     except httpx.TransportError as exc:
         raise click.ClickException(
             f"no gateway answers at {url} ({exc}); is `chatterfix start` running?"

@@ -22,12 +22,13 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def _ask(url: str, method: str, path: str) -> dict[str, Any]:
+def _ask(url: str, method: str, path: str, token: str | None = None) -> dict[str, Any]:
     """Call the gateway's API; failures become one clear line, never a traceback."""
     import httpx
 
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.request(method, url.rstrip("/") + path, timeout=60)
+        response = httpx.request(method, url.rstrip("/") + path, headers=headers, timeout=60)
     except httpx.TransportError as exc:
         raise click.ClickException(
             f"no gateway answers at {url} ({exc}); is `chatterfix start` running?"
@@ -42,8 +43,8 @@ def _ask(url: str, method: str, path: str) -> dict[str, Any]:
     return data
 
 
-def plugin_action(url: str, name: str, action: str) -> None:
-    data = _ask(url, "POST", f"/platform/plugins/{name}/{action}")
+def plugin_action(url: str, name: str, action: str, token: str | None) -> None:
+    data = _ask(url, "POST", f"/platform/plugins/{name}/{action}", token)
     for affected, state in data["plugins"].items():
         console.print(f"{affected}: [bold]{state}[/bold]")
 

@@ -51,6 +51,7 @@ def serve(options: ServeOptions) -> None:
         if options.access_log is not None
         else bool(config.get("gateway.access_log"))
     )
+    bootstrap_admin(config, console)
     settings: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -78,3 +79,42 @@ def serve(options: ServeOptions) -> None:
         f"{len(registry.load_errors)} load error(s); gateway on http://{host}:{port}"
     )
     uvicorn.run(platform.asgi_app, lifespan="on", **settings)
+
+
+def bootstrap_admin(config: Any, console: Console) -> None:
+    """On a database without users, create the administrator and show its token once."""
+    import anyio
+
+    if not config.get("auth.enabled"):
+        console.print(
+            "[bold yellow]warning:[/] auth.enabled is off: anyone who can reach the gateway "
+            "can manage it"
+        )
+        return
+    try:
+        issued = anyio.run(_create_first_admin, config)
+    except Exception as exc:  # the gateway still serves; auth answers 503 until it can
+        console.print(f"[bold red]error:[/] cannot prepare users in the database: {exc}")
+        return
+    if issued is None:
+        return
+    from chatterfix.cli.credentials import save_token
+
+    saved = save_token(str(config.get("platform.data_dir")), issued.token)
+    console.print(
+        "Created the administrator [bold]admin[/]. Its API token, shown this once:\n\n"
+        f"    {issued.token}\n\n"
+        f"It is also saved for this machine's command line in {saved} (readable by you "
+        "only). Send it as 'Authorization: Bearer <token>' to manage the platform."
+    )
+
+
+async def _create_first_admin(config: Any) -> Any:
+    from chatterfix.services.auth import AuthService
+    from chatterfix.services.database import database_for
+
+    database = database_for(config)
+    try:
+        return await AuthService(lambda: database, config).bootstrap_admin()
+    finally:
+        await database.aclose()

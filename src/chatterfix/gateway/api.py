@@ -10,8 +10,10 @@ from starlette.routing import Route
 
 from chatterfix.gateway import config_api, events_api
 from chatterfix.gateway.ai_api import AI_ROUTES
+from chatterfix.gateway.auth_api import AUTH_ROUTES
 from chatterfix.gateway.errors import APIError
 from chatterfix.gateway.routing import exempt_from_drain, platform_of
+from chatterfix.permissions import ADMIN_PERMISSION, requires
 from chatterfix.plugins import PluginActionError, PluginNotFound, PluginRecord
 from chatterfix.routes import describe, route_claims
 
@@ -67,6 +69,7 @@ async def show_plugin(request: Request) -> Response:
     return JSONResponse(record.summary(tracebacks=platform.shows_tracebacks))
 
 
+@requires(ADMIN_PERMISSION)
 async def plugin_action(request: Request) -> Response:
     platform = platform_of(request)
     name = request.path_params["name"]
@@ -116,12 +119,13 @@ PLATFORM_ROUTES = [
     Route("/platform/plugins/{name}/{action}", plugin_action, methods=["POST"]),
     Route("/platform/routes", list_routes, methods=["GET"]),
     Route("/platform/events", events_api.list_events, methods=["GET"]),
-    Route("/platform/events", events_api.emit_event, methods=["POST"]),
+    Route("/platform/events", requires(ADMIN_PERMISSION)(events_api.emit_event), methods=["POST"]),
     Route("/platform/events/stream", events_api.stream_events, methods=["GET"]),
     Route("/platform/config", config_api.show_config, methods=["GET"]),
     Route("/platform/config/{key}", config_api.show_config_key, methods=["GET"]),
     # Management endpoint: changes the running configuration.
     Route("/platform/config/{key}", config_api.set_config_key, methods=["PUT"]),
+    *AUTH_ROUTES,
     *AI_ROUTES,
 ]
 

@@ -19,6 +19,7 @@ from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import Receive, Scope, Send
 
 from chatterfix.gateway.api import PLATFORM_ROUTES
+from chatterfix.gateway.auth import Authentication
 from chatterfix.gateway.errors import (
     APIError,
     api_error_handler,
@@ -83,7 +84,7 @@ class Gateway:
         app.state.platform = platform
         app.router.default = self._not_found
         app.middleware_stack = app.build_middleware_stack()
-        return Routing(app, platform, self.request_ids)
+        return Routing(Authentication(app, platform), platform, self.request_ids)
 
     async def _not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":

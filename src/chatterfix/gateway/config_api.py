@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from chatterfix.config import Config, ConfigError
 from chatterfix.gateway.errors import APIError
 from chatterfix.gateway.routing import platform_of
+from chatterfix.permissions import ADMIN_PERMISSION, requires
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 BODY_FIELDS = ("value", "text")
@@ -33,6 +34,7 @@ async def show_config_key(request: Request) -> Response:
     return JSONResponse(key_view(config, _key(request)))
 
 
+@requires(ADMIN_PERMISSION)
 async def set_config_key(request: Request) -> Response:
     """Management endpoint: sets a runtime value in the running platform.
 

@@ -18,12 +18,19 @@ class APIError(Exception):
     """Raise from a handler to answer with a JSON error of your choosing."""
 
     def __init__(
-        self, status_code: int, message: str, code: str | None = None, **details: Any
+        self,
+        status_code: int,
+        message: str,
+        code: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **details: Any,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
         self.code = code or _code_for(status_code)
+        self.headers = dict(headers or {})
         self.details = details
 
 
@@ -60,7 +67,7 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
-    return error_response(exc.status_code, exc.message, exc.code, **exc.details)
+    return error_response(exc.status_code, exc.message, exc.code, exc.headers, **exc.details)
 
 
 def internal_error() -> JSONResponse:

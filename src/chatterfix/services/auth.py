@@ -180,8 +180,11 @@ class IssuedToken:
 
 @attrs.frozen
 class _Cached:
-    user: User
-    token_id: int
+    """A verification result (``user`` is ``None`` for a refused token) and until when
+    it may be trusted."""
+
+    user: User | None
+    token_id: int | None
     expires_at: datetime | None
     until: float
 
@@ -247,6 +250,7 @@ class AuthService:
         self._ready = False
         self._ready_lock = anyio.Lock()
         self._cache: dict[str, _Cached] = {}
+        self._lookups: dict[str, anyio.Event] = {}
         self._hasher: PasswordHasher | None = None
         self._dummy_hash: str | None = None
         self.throttle = LoginThrottle(
@@ -486,22 +490,42 @@ class AuthService:
         return bool(result.rowcount)
 
     async def verify_token(self, token: str) -> User | None:
-        """The active user a valid (unexpired, unrevoked) token belongs to, else ``None``."""
+        """The active user a valid (unexpired, unrevoked) token belongs to, else ``None``.
+
+        Answers, refusals included, are cached for ``auth.token_cache_seconds``: a refused
+        digest never turns valid (a new token has a new digest), so caching refusals keeps
+        a stream of bad tokens from reaching the database. Concurrent requests with the
+        same uncached token share one lookup.
+        """
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
         digest = hash_token(token)
-        cached = self._cache.get(digest)
-        if cached is not None and cached.until > self._clock():
-            return None if _expired(cached.expires_at) else cached.user
-        found = await self._lookup(digest)
-        if found is None:
-            self._cache.pop(digest, None)
-            return None
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        ttl = float(self._config.get("auth.token_cache_seconds"))
-        self._cache[digest] = _Cached(found[0], found[1], found[2], self._clock() + ttl)
-        return found[0]
+        while True:
+            cached = self._cache.get(digest)
+            if cached is not None and cached.until > self._clock():
+                if cached.user is None or _expired(cached.expires_at):
+                    return None
+                return cached.user
+            pending = self._lookups.get(digest)
+            if pending is None:
+                break
+            await pending.wait()
+            if digest not in self._cache:  # the lookup failed: try it ourselves
+                break
+        done = self._lookups[digest] = anyio.Event()
+        try:
+            found = await self._lookup(digest)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            until = self._clock() + float(self._config.get("auth.token_cache_seconds"))
+            if found is None:
+                self._cache[digest] = _Cached(None, None, None, until)
+            else:
+                self._cache[digest] = _Cached(found[0], found[1], found[2], until)
+        finally:
+            del self._lookups[digest]
+            done.set()
+        return found[0] if found else None
 
     async def _lookup(self, digest: str) -> tuple[User, int, datetime | None] | None:
         engine = await self._engine()
@@ -509,24 +533,24 @@ class AuthService:
             row = (
                 await connection.execute(
                     sa.select(
-                        api_tokens.c.id,
-                        api_tokens.c.user_id,
+                        api_tokens.c.id.label("token_id"),
                         api_tokens.c.token_hash,
                         api_tokens.c.expires_at,
                         api_tokens.c.revoked_at,
                         api_tokens.c.last_used_at,
-                    ).where(api_tokens.c.token_hash == digest)
+                        users,
+                    )
+                    .join(users, users.c.id == api_tokens.c.user_id)
+                    .where(api_tokens.c.token_hash == digest)
                 )
             ).first()
             if row is None or not hmac.compare_digest(row.token_hash, digest):
                 return None
-            if row.revoked_at is not None or _expired(row.expires_at):
+            if row.revoked_at is not None or _expired(row.expires_at) or not row.is_active:
                 return None
-            user = await _load_user(connection, users.c.id == row.user_id)
-        if user is None or not user.is_active:
-            return None
-        await self._touch(engine, row.id, _aware(row.last_used_at))
-        return user, row.id, _aware(row.expires_at)
+            user = await _user_with_roles(connection, row._mapping)
+        await self._touch(engine, row.token_id, _aware(row.last_used_at))
+        return user, row.token_id, _aware(row.expires_at)
 
     async def _touch(self, engine: Any, token_id: int, last_used: datetime | None) -> None:
         """Record when a token was last used, at most once a minute. A write of its own,
@@ -623,8 +647,10 @@ class AuthService:
 
 async def _load_user(connection: Any, condition: Any) -> User | None:
     row = (await connection.execute(sa.select(users).where(condition))).mappings().first()
-    if row is None:
-        return None
+    return None if row is None else await _user_with_roles(connection, row)
+
+
+async def _user_with_roles(connection: Any, row: Mapping[str, Any]) -> User:
     held = (
         await connection.execute(
             sa.select(roles.c.name, roles.c.permissions)

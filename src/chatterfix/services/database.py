@@ -7,16 +7,17 @@ dict); ``engine`` and ``session()`` give full SQLAlchemy for real work.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
 from sqlalchemy import event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -30,6 +31,9 @@ from chatterfix.services.schema import (
     apply_schema,
     recorded_versions,
 )
+
+if TYPE_CHECKING:
+    from chatterfix.config import Config
 
 logger = logging.getLogger("chatterfix.database")
 
@@ -50,6 +54,27 @@ def default_url(data_dir: str) -> str:
     folder = Path(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite+aiosqlite:///{folder / 'chatterfix.db'}"
+
+
+def configured_url(config: Config) -> str:
+    """``database.url``, else ``DATABASE_URL``, else SQLite under ``platform.data_dir``."""
+    return (
+        str(config.get("database.url") or "")
+        or os.environ.get("DATABASE_URL", "")
+        or default_url(str(config.get("platform.data_dir")))
+    )
+
+
+def database_for(config: Config) -> Database:
+    return Database(
+        configured_url(config),
+        pool_size=int(config.get("database.pool_size")),
+        pre_ping=bool(config.get("database.pool_pre_ping")),
+    )
+
+
+class _ConnectionLost(Exception):
+    """The connection broke before the statement's transaction could commit."""
 
 
 def bind_placeholders(sql: str, params: Sequence[Any]) -> tuple[str, dict[str, Any], list[str]]:
@@ -86,11 +111,16 @@ def bind_placeholders(sql: str, params: Sequence[Any]) -> tuple[str, dict[str, A
 class Database:
     """The platform's database service (``platform.database``)."""
 
-    def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 5, pre_ping: bool = False, echo: bool = False
+    ) -> None:
         self.url = async_url(url)
-        options: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+        options: dict[str, Any] = {"echo": echo}
         if not self.url.startswith("sqlite"):
+            # A ping costs a round trip per checkout; a dropped connection is handled instead
+            # by retrying the statement once (execute_query) unless pre-ping is asked for.
             options["pool_size"] = pool_size
+            options["pool_pre_ping"] = pre_ping
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
         if self.url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_connect)
@@ -121,19 +151,35 @@ class Database:
             clause = sqlalchemy.text(statement).bindparams(
                 *[sqlalchemy.bindparam(name, expanding=True) for name in expanding]
             )
-            async with self.engine.begin() as connection:
-                result = await connection.execute(clause, values)
-                data: Any = None
-                if fetch == "one":
-                    row = result.mappings().first()
-                    data = dict(row) if row is not None else None
-                elif fetch == "all":
-                    data = [dict(row) for row in result.mappings().all()]
-                return {"success": True, "data": data, "rowcount": result.rowcount}
+            try:
+                return await self._run(clause, values, fetch, retry=True)
+            except _ConnectionLost:
+                logger.warning("database connection lost; retrying on a new connection")
+                return await self._run(clause, values, fetch, retry=False)
         except (SQLAlchemyError, ValueError) as exc:
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
             logger.error("query failed: %s (statement: %s)", reason, sql)
             return {"success": False, "error": reason}
+
+    async def _run(
+        self, clause: Any, values: dict[str, Any], fetch: str | None, *, retry: bool
+    ) -> dict[str, Any]:
+        async with self.engine.begin() as connection:
+            try:
+                result = await connection.execute(clause, values)
+            except DBAPIError as exc:
+                # Lost before the commit: the statement did not take effect, so it can run
+                # again; a connection lost during the commit is not retried (unknown outcome).
+                if retry and exc.connection_invalidated:
+                    raise _ConnectionLost from exc
+                raise
+            data: Any = None
+            if fetch == "one":
+                row = result.mappings().first()
+                data = dict(row) if row is not None else None
+            elif fetch == "all":
+                data = [dict(row) for row in result.mappings().all()]
+            return {"success": True, "data": data, "rowcount": result.rowcount}
 
     async def health_check(self) -> dict[str, Any]:
         """Round trip to the database: ``{"status", "dialect", "latency_ms"}``; raises when

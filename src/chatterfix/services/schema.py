@@ -99,7 +99,8 @@ def apply_schema(
     created = [table for table in tables if table.name not in existing]
     if created:
         tables[0].metadata.create_all(connection, tables=created, checkfirst=True)
-    _record(connection, owner, target, recorded is None)
+    if recorded != target:
+        _record(connection, owner, target, recorded is None)
     return SchemaChange(
         owner, current, target, tuple(applied), tuple(table.name for table in created)
     )
