@@ -3,12 +3,13 @@
 Servers (each started fresh per run, pinned to CPU 0 when ``taskset`` exists):
 
 * ``gateway``: ``chatterfix start`` serving ``GET /api/hello`` (the built-in ``hello``
-  plugin). ``chatterfix start`` calls ``uvicorn.run(app, log_level="info", lifespan="on")``
-  with every other setting at uvicorn's default: loop and http ``auto`` (uvloop and
-  httptools when installed) and the access log ON (its default).
+  plugin). ``chatterfix start`` runs uvicorn with ``lifespan="on"``, loop and http ``auto``
+  (uvloop and httptools when installed), uvicorn's own logging configuration and access log
+  off, and the gateway's access log ON (its default): one JSON record per request, at log
+  level info.
 * ``bare``: ``bench/bare_app.py`` (the same handler in a plain Starlette app) under
-  ``python -m uvicorn`` with the gateway's exact settings: ``--loop auto --http auto
-  --log-level info --lifespan on`` and the access log on. This is the like-for-like baseline.
+  ``python -m uvicorn --loop auto --http auto --log-level info --lifespan on`` with
+  uvicorn's access log on: one log line per request as well. The like-for-like baseline.
 * ``bare, quiet``: the bare app with ``--log-level warning --no-access-log``.
 * ``gateway, quiet``: ``chatterfix start --no-access-log``: what the gateway costs without
   the access log (log level info only adds start-up lines).
@@ -267,8 +268,9 @@ def main() -> None:
         f"{primary:.2f} -> {'met' if primary >= TARGET_RATIO else 'MISSED'}"
     )
     print(
-        "Note: `chatterfix start` logs every request by default (uvicorn's access log); the "
-        "'quiet' rows compare both servers with the access log off."
+        "Note: `chatterfix start` logs every request by default (the gateway's JSON access log; "
+        "the bare server writes uvicorn's); the 'quiet' rows compare both servers with the "
+        "access log off."
     )
     print(f"Responses identical across servers: {'yes' if same_body else 'NO'} ({bodies})")
     print(f"Total time {elapsed:.0f} s")

@@ -68,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "history_retention": 100_000,
         "history_retention_days": 0.0,
     },
-    "logging": {"level": "INFO"},
+    "logging": {"level": "INFO", "format": "auto", "levels": {}},
     "database": {"url": "", "pool_size": 5, "pool_pre_ping": False},
     "ai": {
         "default_provider": "local",

@@ -119,8 +119,17 @@ class Platform:
         return round(time.monotonic() - self._started_monotonic, 3) if self.started else 0.0
 
     def get_logger(self, name: str) -> logging.Logger:
-        """A logger for a plugin or component, below the ``chatterfix`` logger."""
-        return logging.getLogger(name if name.startswith("chatterfix") else f"chatterfix.{name}")
+        """A logger for a plugin or component, below the ``chatterfix`` logger.
+
+        Asked for while a plugin's code runs (its import, a hook, an event handler), a new
+        logger is attributed to that plugin: its records name the plugin even when emitted
+        outside plugin code, from a thread of the plugin's own for instance.
+        """
+        from chatterfix.services.logging import attribute_logger
+
+        full_name = name if name.startswith("chatterfix") else f"chatterfix.{name}"
+        attribute_logger(full_name)
+        return logging.getLogger(full_name)
 
     @property
     def metadata(self) -> sqlalchemy.MetaData:

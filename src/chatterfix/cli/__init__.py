@@ -70,15 +70,22 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     http://127.0.0.1:8000/platform/status. Plugins can add commands of their own:
     [cyan]chatterfix list[/] shows which; run them by name.
     """
+    from chatterfix.config import Config
+    from chatterfix.services.logging import configure_logging
+
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not verbose:
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Read here for its logging settings only: the command reads the configuration again
+    # and reports any doubtful key then, once, through the handler configured here.
+    config_logger = logging.getLogger("chatterfix.config")
+    config_logger.disabled = True
+    try:
+        config = Config()
+    finally:
+        config_logger.disabled = False
+    configure_logging(config, level="DEBUG" if verbose else None)
+    if not verbose and "httpx" not in (config.get("logging.levels") or {}):
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
 
 
 plugins_dir_option = click.option(

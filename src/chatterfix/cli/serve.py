@@ -12,13 +12,21 @@ import click
 from rich.console import Console
 
 PLUGINS_DIR_ENV = "CHATTERFIX_PLUGINS_DIR"
+# Set from the command line so that --reload's worker process, which reads the configuration
+# afresh, gets the same settings.
+ACCESS_LOG_ENV = "CHATTERFIX_GATEWAY__ACCESS_LOG"
+LOG_LEVEL_ENV = "CHATTERFIX_LOGGING__LEVEL"
 
 
 def create_app() -> Any:
     """Factory used by ``--reload`` (uvicorn imports it again in each worker process)."""
+    from chatterfix.config import Config
     from chatterfix.platform import Platform
+    from chatterfix.services.logging import configure_logging
 
-    return Platform().asgi_app
+    config = Config()
+    configure_logging(config)
+    return Platform(config=config).asgi_app
 
 
 @attrs.frozen(kw_only=True)
@@ -39,24 +47,28 @@ def serve(options: ServeOptions) -> None:
     from chatterfix.config import Config
     from chatterfix.platform import Platform
     from chatterfix.plugins import PluginLoadError
+    from chatterfix.services.logging import configure_logging
 
     console = Console(stderr=True)
     if options.plugins_dir is not None:
         os.environ[PLUGINS_DIR_ENV] = str(options.plugins_dir.resolve())
+    if options.access_log is not None:
+        os.environ[ACCESS_LOG_ENV] = "true" if options.access_log else "false"
+    if options.verbose and options.reload:
+        os.environ[LOG_LEVEL_ENV] = "DEBUG"
     config = Config()
+    configure_logging(config, level="DEBUG" if options.verbose else None)
     host = options.host if options.host is not None else str(config.get("gateway.host"))
     port = options.port if options.port is not None else int(config.get("gateway.port"))
-    access_log = (
-        options.access_log
-        if options.access_log is not None
-        else bool(config.get("gateway.access_log"))
-    )
     bootstrap_admin(config, console)
     settings: dict[str, Any] = {
         "host": host,
         "port": port,
-        "log_level": "debug" if options.verbose else "info",
-        "access_log": access_log,
+        # uvicorn's records go through the platform's handler, at the platform's levels;
+        # the gateway writes its own access log (gateway.access_log).
+        "log_config": None,
+        "log_level": None,
+        "access_log": False,
     }
     if options.reload:
         watched = [str(options.plugins_dir)] if options.plugins_dir else [os.getcwd()]

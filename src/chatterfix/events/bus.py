@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import contextvars
 import inspect
 import itertools
 import logging
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
+from chatterfix.context import current_event as _current_event
 from chatterfix.context import current_plugin_owner, current_request_id
 from chatterfix.events.catalog import SystemEvents
 from chatterfix.events.model import Event, check_pattern, check_type, encode_data
@@ -31,10 +31,6 @@ if TYPE_CHECKING:
 Handler = Callable[[Event], Awaitable[Any] | Any]
 REMEMBERED_IDS = 100_000  # enough to cover any redelivery window of a broker
 logger = logging.getLogger("chatterfix.events")
-
-_current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
-    "chatterfix_current_event", default=None
-)
 
 
 @attrs.frozen
@@ -289,9 +285,19 @@ class EventBus:
                 s for s in self._subscriptions if s.matches(event.type)
             ]
         token = _current_event.set(event)
+        emitter = current_plugin_owner.get()
         try:
             for subscription in route:
-                await self._deliver(subscription.handler, event)
+                if subscription.owner is emitter:
+                    await self._deliver(subscription.handler, event)
+                    continue
+                # The handler's plugin is the one whose code runs: what it logs names that
+                # plugin, and what it subscribes belongs to it, not to the emitting plugin.
+                owner = current_plugin_owner.set(subscription.owner)
+                try:
+                    await self._deliver(subscription.handler, event)
+                finally:
+                    current_plugin_owner.reset(owner)
         finally:
             _current_event.reset(token)
 
@@ -361,9 +367,9 @@ class EventBus:
         chosen = [letter for letter in self.dead_letters if ids is None or letter.id in ids]
         outcome: dict[int, bool] = {}
         for letter in chosen:
-            handler = next(
+            subscription = next(
                 (
-                    item.handler
+                    item
                     for item in self._subscriptions
                     if handler_name(item.handler) == letter.handler
                     and item.matches(letter.event.type)
@@ -371,14 +377,16 @@ class EventBus:
                 None,
             )
             self.dead_letters.remove(letter)
-            if handler is None:
+            if subscription is None:
                 self.dead_letters.append(letter)
                 outcome[letter.id] = False
                 continue
             token = _current_event.set(letter.event)
+            owner = current_plugin_owner.set(subscription.owner)
             try:
-                outcome[letter.id] = await self._deliver(handler, letter.event)
+                outcome[letter.id] = await self._deliver(subscription.handler, letter.event)
             finally:
+                current_plugin_owner.reset(owner)
                 _current_event.reset(token)
         return outcome
 
