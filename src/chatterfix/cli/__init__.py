@@ -145,13 +145,23 @@ def plugin() -> None:
     """Start, stop or reload a plugin in a running gateway."""
 
 
+token_option = click.option(
+    "--token",
+    default=None,
+    help="API token of an administrator (default: CHATTERFIX_TOKEN, else the token saved "
+    "in the data folder by the first `chatterfix start`).",
+)
+
+
 def _plugin_action(action: str) -> click.Command:
     @click.argument("name")
     @click.option("--url", default=DEFAULT_URL, show_default=True, help="Gateway to ask.")
-    def command(name: str, url: str) -> None:
+    @token_option
+    def command(name: str, url: str, token: str | None) -> None:
+        from chatterfix.cli.credentials import resolve_token
         from chatterfix.cli.reports import plugin_action
 
-        plugin_action(url, name, action)
+        plugin_action(url, name, action, resolve_token(token))
 
     command.__doc__ = f"{action.capitalize()} plugin NAME (POST /platform/plugins/NAME/{action})."
     return click.command(action)(command)
@@ -200,9 +210,6 @@ cli.add_command(keys)
 
 for _command in (create_app, update_app, templates):
     cli.add_command(_command)
-
-
-cli.add_command(users)
 
 
 def main(argv: list[str] | None = None) -> Any:
