@@ -188,6 +188,14 @@ def test_foreign_cloudevents_are_read_and_bad_ones_named() -> None:
         from_cloudevent({"specversion": "0.3", "id": "1", "source": "s", "type": "a.b"})
     with pytest.raises(EventError, match="'source'"):
         from_cloudevent({"specversion": "1.0", "id": "1", "type": "a.b"})
+    with pytest.raises(EventError, match="invalid CloudEvent"):
+        from_cloudevent(
+            {"specversion": "1.0", "id": "1", "source": "s", "type": "a.b", "priority": "high"}
+        )
+    with pytest.raises(EventError, match="invalid CloudEvent"):
+        from_cloudevent(
+            {"specversion": "1.0", "id": "1", "source": "s", "type": "a.b", "time": "noon"}
+        )
 
 
 async def test_history_is_bounded_and_queryable() -> None:
