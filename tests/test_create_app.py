@@ -635,6 +635,60 @@ def test_install_option_installs_into_the_running_environment(
         assert record["origin"] == "entrypoint"
 
 
+@pytest.mark.slow
+def test_create_app_works_from_an_installed_wheel(tmp_path: Path, store: Path) -> None:
+    """The templates travel inside the wheel: a non-editable install finds them there."""
+    import zipfile
+
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"),
+            *("-w", str(wheels), str(Path(__file__).parents[1])),
+        ],
+        check=True,
+    )
+    [wheel] = wheels.glob("chatterfix-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "chatterfix/copier_templates/copier.yml" in names
+    for template in TEMPLATES:
+        assert f"chatterfix/copier_templates/{template}/plugin.json.jinja" in names
+    # A venv with the wheel installed (its dependencies seen from this environment).
+    root = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    python = root / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    import site
+
+    lines = "".join(f"import site; site.addsitedir({path!r})\n" for path in site.getsitepackages())
+    Path(purelib, "_chatterfix_project.pth").write_text(lines)
+    pip = [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
+    subprocess.run([*pip, "--target", purelib, str(wheel)], check=True)
+    env = {**os.environ, "CHATTERFIX_TEMPLATES__STORE": str(store)}
+    where = subprocess.run(
+        [str(python), "-c", "import chatterfix.scaffold as s; print(s.templates_root())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert where == str(Path(purelib) / "chatterfix" / "copier_templates")
+    created = subprocess.run(
+        [str(python), "-m", "chatterfix", "create-app", "-t", "web_app", "-n", "from_wheel"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    assert load_manifest_file(tmp_path / "from_wheel" / "plugin.json").app_type == "web_app"
+
+
 # --- an app on its own ------------------------------------------------------------------------
 
 # A stand-in for a gateway's service registry, serving the contract the apps register

@@ -392,6 +392,8 @@ def run(
 
     resolved = config if isinstance(config, Config) else Config(config)
     configure_logging(resolved)
+    if "httpx" not in (resolved.get("logging.levels") or {}):
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per renewal otherwise
     settings = settings_from(
         plugin, host=host, port=port, gateway_url=gateway_url, service_url=service_url
     )
