@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from chatterfix.gateway.bodies import json_object
 from chatterfix.gateway.errors import APIError
 from chatterfix.gateway.routing import platform_of
 from chatterfix.permissions import requires
@@ -55,23 +56,7 @@ def api_error(exc: ai_errors.AIError) -> APIError:
 
 
 async def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise APIError(413, f"the request body is larger than {MAX_BODY} bytes")
-    try:
-        fields = json.loads(raw or b"{}")
-    except ValueError as exc:
-        raise APIError(400, f"the body is not valid JSON: {exc}", "invalid_body") from None
-    if not isinstance(fields, dict):
-        raise APIError(400, "the body must be a JSON object", "invalid_body")
-    unknown = sorted(set(fields) - allowed)
-    if unknown:
-        raise APIError(
-            422,
-            f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}",
-            "invalid_body",
-        )
-    return fields
+    return await json_object(request, allowed, max_bytes=MAX_BODY)
 
 
 def _check(fields: dict[str, Any], name: str, *types: type) -> Any:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from chatterfix.gateway.bodies import json_object
 from chatterfix.gateway.errors import APIError
 from chatterfix.gateway.routing import platform_of
 from chatterfix.permissions import ADMIN_PERMISSION, require, requires
@@ -16,23 +16,7 @@ from chatterfix.services.auth import AuthError, LoginThrottled
 
 
 async def _json_object(request: Request, allowed: set[str]) -> dict[str, Any]:
-    body = await request.body()
-    if len(body) > 65536:
-        raise APIError(413, "the request body is larger than 64 KiB")
-    try:
-        fields = json.loads(body or b"{}")
-    except ValueError as exc:
-        raise APIError(400, f"the body is not valid JSON: {exc}", "invalid_body") from None
-    if not isinstance(fields, dict):
-        raise APIError(400, "the body must be a JSON object", "invalid_body")
-    unknown = sorted(set(fields) - allowed)
-    if unknown:
-        raise APIError(
-            422,
-            f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}",
-            "invalid_body",
-        )
-    return fields
+    return await json_object(request, allowed, max_bytes=65536)
 
 
 def _text(fields: dict[str, Any], name: str) -> str:

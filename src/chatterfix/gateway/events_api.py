@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from chatterfix.events.model import Event, EventError, check_pattern, to_cloudevent
+from chatterfix.gateway.bodies import json_object
 from chatterfix.gateway.errors import APIError
 from chatterfix.gateway.routing import platform_of
 
@@ -71,10 +72,15 @@ async def emit_event(request: Request) -> Response:
     """Emit an event for a remote app: ``{"type", "data", "source", "correlation_id",
     "priority"}``. Answers 201 with the event as a CloudEvent, or 422 saying what is wrong."""
     bus = platform_of(request).events
-    body = await request.body()
-    if len(body) > bus.max_payload_bytes + 4096:
-        raise APIError(413, f"the request body is larger than {bus.max_payload_bytes} bytes")
-    fields = _emit_fields(body)
+    fields = _emit_fields(
+        await json_object(
+            request,
+            EMIT_FIELDS,
+            max_bytes=bus.max_payload_bytes + 4096,  # room for the envelope around data
+            code="invalid_event",
+            status=422,
+        )
+    )
     try:
         event = await bus.emit(
             fields["type"],
@@ -88,20 +94,7 @@ async def emit_event(request: Request) -> Response:
     return JSONResponse(to_cloudevent(event), status_code=201)
 
 
-def _emit_fields(body: bytes) -> dict[str, Any]:
-    try:
-        fields = json.loads(body)
-    except ValueError as exc:
-        raise APIError(422, f"the body is not valid JSON: {exc}", "invalid_event") from None
-    if not isinstance(fields, dict):
-        raise APIError(422, "the body must be a JSON object", "invalid_event")
-    unknown = sorted(set(fields) - EMIT_FIELDS)
-    if unknown:
-        raise APIError(
-            422,
-            f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(EMIT_FIELDS))}",
-            "invalid_event",
-        )
+def _emit_fields(fields: dict[str, Any]) -> dict[str, Any]:
     if "type" not in fields:
         raise APIError(422, "field 'type' is required", "invalid_event")
     for name, kind in (("source", str), ("correlation_id", str), ("priority", int)):
