@@ -7,7 +7,8 @@ installed), with three sides built on the same database:
 * ``service``: ``chatterfix.services.database.Database(url)``, the platform's database
   service, called as ``await db.execute_query(sql, params, fetch="one")`` with ``?``
   placeholders. It maps ``sqlite:///`` to aiosqlite and ``postgresql://`` to asyncpg, creates
-  its engine with ``pool_pre_ping=True`` (and ``pool_size=5`` on PostgreSQL), and on SQLite
+  its engine without pre-ping (``database.pool_pre_ping`` off, ``pool_size=5`` on
+  PostgreSQL; a statement whose connection dropped is retried once instead), and on SQLite
   turns the driver's own transaction handling off, sets ``PRAGMA journal_mode=WAL`` and
   ``PRAGMA foreign_keys=ON`` on each new connection, and issues an explicit ``BEGIN`` when a
   transaction begins.
@@ -17,8 +18,8 @@ installed), with three sides built on the same database:
   statements. Each call is ``async with engine.begin() as conn: result = await
   conn.execute(text(sql), {...})`` with named binds, the row read with
   ``result.mappings().first()`` into a ``dict``.
-* ``raw + pre-ping`` (diagnostic): ``raw`` with ``pool_pre_ping=True``, the service's pool
-  setting, to tell the cost of the pre-ping from the cost of the service's own code.
+* ``raw + pre-ping`` (diagnostic): ``raw`` with ``pool_pre_ping=True``, what
+  ``database.pool_pre_ping = true`` costs.
 
 Statements: a point ``SELECT`` by primary key on a table of ``--rows`` rows (keys drawn at
 random, the same sequence for every side) and a single-row ``INSERT``. Each side runs
