@@ -183,22 +183,28 @@ def test_a_killed_consumer_loses_nothing(broker: str, stream: str, tmp_path: Pat
 
     def start_consumer() -> subprocess.Popen[bytes]:
         port = free_port()
-        process = subprocess.Popen(
-            [*command, str(port)],
-            env=env,
-            cwd=tmp_path,
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30  # ready (its consumer group exists) once it answers
-        while time.monotonic() < deadline:
+        output = tmp_path / f"consumer-{port}.log"
+        with output.open("wb") as log_file:
+            process = subprocess.Popen(
+                [*command, str(port)],
+                env=env,
+                cwd=tmp_path,
+                start_new_session=True,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60  # ready (its consumer group exists) once it answers
+        while time.monotonic() < deadline and process.poll() is None:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).is_success:
                     return process
             except httpx.TransportError:
-                time.sleep(0.05)
-        raise AssertionError("the consumer did not start")
+                pass
+            time.sleep(0.05)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        raise AssertionError(f"the consumer did not start:\n{output.read_text()[-3000:]}")
 
     async def publish() -> list[str]:
         producer = broker_platform(broker, stream, "producer")
@@ -234,8 +240,9 @@ def test_a_killed_consumer_loses_nothing(broker: str, stream: str, tmp_path: Pat
         while set(handled()) < set(sent) and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
-        os.killpg(consumer.pid, signal.SIGTERM)
-        consumer.wait(timeout=15)
+        if consumer.poll() is None:
+            os.killpg(consumer.pid, signal.SIGTERM)
+            consumer.wait(timeout=15)
     ids = handled()
     assert 0 < killed_at < total, "the consumer was killed in the middle of the stream"
     assert set(ids) == set(sent), f"lost {len(set(sent) - set(ids))} events"
