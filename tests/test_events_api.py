@@ -36,6 +36,9 @@ async def test_emit_and_read_back(platform: Platform, serve: Any) -> None:
         work_orders = (await client.get("/platform/events?type=cmms.work_order.*")).json()
         by_request = (await client.get("/platform/events?correlation_id=req-77")).json()
         newest = (await client.get("/platform/events?limit=1")).json()
+        # A time without a zone is UTC.
+        since_2020 = (await client.get("/platform/events?since=2020-01-01T00:00:00")).json()
+        until_2020 = (await client.get("/platform/events?until=2020-01-01T00:00:00")).json()
     assert created.status_code == 201
     envelope = created.json()
     assert envelope["specversion"] == "1.0"
@@ -44,6 +47,11 @@ async def test_emit_and_read_back(platform: Platform, serve: Any) -> None:
     assert [e["id"] for e in work_orders["events"]] == [envelope["id"]]
     assert [e["data"]["title"] for e in by_request["events"]] == ["Fix pump"]
     assert [e["type"] for e in newest["events"]] == ["cmms.asset.updated"]
+    assert {e["type"] for e in since_2020["events"]} >= {
+        "cmms.work_order.created",
+        "cmms.asset.updated",
+    }
+    assert until_2020["events"] == []
     assert platform.events.history[0].data == {"work_order_id": 5, "title": "Fix pump"}
 
 

@@ -403,7 +403,9 @@ class EventBus:
         limit: int | None = None,
     ) -> list[Event]:
         """Events from history matching every given filter, oldest first (the newest
-        ``limit`` of them when a limit is given). ``event_type`` may be a wildcard."""
+        ``limit`` of them when a limit is given). ``event_type`` may be a wildcard; a time
+        without a zone is taken as UTC."""
+        since, until = _utc(since), _utc(until)
         found = [
             event
             for event in self.history
@@ -447,3 +449,9 @@ class EventBus:
             if after in ids:
                 found = found[ids.index(after) + 1 :]
         return found[-limit:] if limit else found
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """Event times are in UTC; a time without a zone is taken to be UTC too (comparing
+    the two kinds would raise)."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
