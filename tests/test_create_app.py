@@ -706,9 +706,13 @@ def note(entry):
     journal.write(json.dumps(entry) + "\\n")
     journal.flush()
 
+ABSENT = sys.argv[3:] == ["absent"]  # a gateway without service discovery
+
 async def register(request):
     note({"method": "POST", "body": await request.json(),
           "auth": request.headers.get("authorization")})
+    if ABSENT:
+        return JSONResponse({"error": {"code": "not_found"}}, status_code=404)
     return JSONResponse({"registered": True}, status_code=201)
 
 async def deregister(request):
@@ -818,26 +822,83 @@ def test_an_app_on_its_own_keeps_serving_when_the_gateway_has_no_discovery(
     tmp_path: Path,
 ) -> None:
     create("-t", "microservice", "-n", "alarm_relay", "-o", str(tmp_path))
-    app = tmp_path / "alarm_relay"
+    registry_port, app_port = free_port(), free_port()
+    registry_script = tmp_path / "registry.py"
+    registry_script.write_text(REGISTRY)
+    journal, app_log = tmp_path / "registry.jsonl", tmp_path / "app.log"
+    env = {
+        **os.environ,
+        "PORT": str(app_port),
+        "CHATTERFIX_GATEWAY_URL": f"http://127.0.0.1:{registry_port}",
+        "CHATTERFIX_HEARTBEAT": "0.1",
+        "CHATTERFIX_DATA_DIR": str(tmp_path / "data"),
+    }
+    with (
+        process(
+            [sys.executable, str(registry_script), str(registry_port), str(journal), "absent"],
+            tmp_path,
+            dict(os.environ),
+            tmp_path / "registry.log",
+        ),
+        process([sys.executable, "main.py"], tmp_path / "alarm_relay", env, app_log),
+    ):
+        wait_for(lambda: len(journal_entries(journal)) >= 3, "three attempts", app_log)
+        response = httpx.get(f"http://127.0.0.1:{app_port}/api/alarm_relay/status")
+        assert response.status_code == 200
+    log = app_log.read_text()
+    assert log.count("has no service discovery") == 1  # said once, not at every attempt
+    assert "alarm_relay keeps serving" in log
+    assert not [entry for entry in journal_entries(journal) if entry["method"] == "DELETE"]
+
+
+@pytest.mark.slow
+def test_an_app_on_its_own_through_a_real_gateway(tmp_path: Path) -> None:
+    """With the administrator's token, an app on its own registers with a real gateway; the
+    gateway lists it, routes /api/<name>/ to it, and forgets it when the app stops. A gateway
+    without service discovery answers 404 instead, which the app reports and outlives."""
+    create("-t", "microservice", "-n", "boiler_watch", "-o", str(tmp_path))
     app_port = free_port()
     app_log = tmp_path / "app.log"
+    service_url = f"http://127.0.0.1:{app_port}"
     with gateway(sys.executable, cwd=tmp_path) as url:
-        gateway_log = next(tmp_path.glob("gateway-*.log"))
+        data_dir = Path(os.environ["CHATTERFIX_DATA_DIR"])
         env = {
             **os.environ,
             "PORT": str(app_port),
             "CHATTERFIX_GATEWAY_URL": url,
-            "CHATTERFIX_HEARTBEAT": "0.1",
+            "CHATTERFIX_TOKEN": (data_dir / "cli-token").read_text().strip(),
+            "CHATTERFIX_HEARTBEAT": "0.2",
             "CHATTERFIX_DATA_DIR": str(tmp_path / "app-data"),
         }
-        with process([sys.executable, "main.py"], app, env, app_log):
+        discovery = httpx.get(url + "/platform/services").status_code == 200
+        with process([sys.executable, "main.py"], tmp_path / "boiler_watch", env, app_log) as app:
             wait_for(
-                lambda: gateway_log.read_text().count("/platform/services") >= 3,
-                "three registration attempts",
+                lambda: httpx.get(f"{service_url}/api/boiler_watch/status").status_code == 200,
+                "the app answering",
                 app_log,
             )
-            response = httpx.get(f"http://127.0.0.1:{app_port}/api/alarm_relay/status")
-            assert response.status_code == 200
-    log = app_log.read_text()
-    assert log.count("has no service discovery") == 1  # said once, not at every attempt
-    assert "alarm_relay keeps serving" in log
+            if discovery:
+                listed = wait_for(
+                    lambda: httpx.get(url + "/platform/services").json()["services"].get(
+                        "boiler_watch"
+                    ),
+                    "the registration",
+                    app_log,
+                )
+                assert [i["url"] for i in listed["instances"]] == [service_url]
+                assert listed["instances"][0]["metadata"]["app_type"] == "microservice"
+                proxied = httpx.get(url + "/api/boiler_watch/status")
+                assert proxied.status_code == 200, proxied.text
+                assert proxied.json()["service"] == "boiler_watch"
+            else:
+                wait_for(
+                    lambda: "has no service discovery" in app_log.read_text(),
+                    "the app noticing",
+                    app_log,
+                )
+            os.killpg(app.pid, signal.SIGTERM)
+            assert app.wait(timeout=30) == 0
+        if discovery:
+            services = httpx.get(url + "/platform/services").json()["services"]
+            assert "boiler_watch" not in services
+            assert "withdrew boiler_watch" in app_log.read_text()

@@ -283,6 +283,12 @@ def settings_from(
     )
 
 
+async def _until(condition: Callable[[], bool], interval: float = 0.02) -> None:
+    """Wait until ``condition()`` holds: uvicorn's server has flags, not events."""
+    while not condition():  # noqa: ASYNC110 - nothing to wait on but a flag
+        await anyio.sleep(interval)
+
+
 def _server(config: Any) -> Any:
     """A uvicorn server that, once stopped by SIGINT or SIGTERM, returns instead of raising
     the signal again, so that the registration is withdrawn and the process exits 0."""
@@ -352,10 +358,9 @@ async def serve(
         )
 
     async def register_when_listening() -> None:
-        while not server.started:
-            if server.should_exit:
-                return
-            await anyio.sleep(0.02)
+        await _until(lambda: bool(server.started or server.should_exit))
+        if not server.started:
+            return
         logger.info(
             "%s serving on http://%s:%d (as %s)",
             settings.name,
@@ -365,8 +370,14 @@ async def serve(
         )
         if started is not None:
             started(platform)
-        if registrar is not None:
-            await registrar.run()
+        if registrar is None:
+            return
+        async with anyio.create_task_group() as registration:
+            registration.start_soon(registrar.run)
+            # Withdraw as soon as the server begins to stop (Ctrl+C, SIGTERM), so that the
+            # gateway stops sending requests while the last ones are being answered.
+            await _until(lambda: bool(server.should_exit))
+            registration.cancel_scope.cancel()
 
     async with anyio.create_task_group() as group:
         group.start_soon(register_when_listening)
