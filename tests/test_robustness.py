@@ -447,16 +447,19 @@ def test_environment_aliases_win_over_nested_names() -> None:
         assert Config(environ=environ).get("plugins.disabled") == ["a"]
 
 
-async def test_remote_app_answers_that_proxying_is_not_available(serve: Any) -> None:
+async def test_a_remote_app_that_cannot_be_reached_answers_503(serve: Any) -> None:
     class Remote:
-        PLUGIN_MANIFEST = {"name": "remote_app", "url": "http://127.0.0.1:8100"}
+        PLUGIN_MANIFEST = {"name": "remote_app", "url": "http://127.0.0.1:9"}  # nothing there
 
     platform = Platform(plugins=[], load_entrypoints=False, builtins=False)
     async with serve(platform) as client:
         await platform.plugins.register_plugin(Remote.PLUGIN_MANIFEST)
         response = await client.get("/api/remote_app/anything")
-    assert response.status_code == 501
-    assert "http://127.0.0.1:8100" in response.json()["error"]["message"]
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "service_unavailable"
+    assert "'remote_app'" in error["message"]
+    assert "http://127.0.0.1:9" in error["message"]
 
 
 async def test_event_from_a_request_carries_its_request_id(serve: Any) -> None:
@@ -739,7 +742,10 @@ async def test_remote_apps_are_not_reported_healthy_without_a_check(serve: Any) 
         health = (await client.get("/health")).json()
     assert status["plugins"]["far"]["health"] == "unknown"
     assert status["plugins"]["far"]["last_heartbeat"] is None
-    assert status["services"]["total_services"] == 1
+    # The remote app counts by its instance in service discovery: not healthy before a check
+    # has passed (and none can: nothing listens there).
+    assert status["services"]["total_services"] == 2
+    assert status["services"]["healthy_services"] == 1
     assert health["status"] == "healthy"
 
 

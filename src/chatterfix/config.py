@@ -96,6 +96,32 @@ DEFAULTS: dict[str, Any] = {
         "login_window": 300.0,
         "login_token_ttl": 43200.0,
     },
+    "discovery": {
+        "backend": "memory",
+        "prefix": "chatterfix:discovery",
+        "sync_interval": 1.0,
+        "balancing": "round_robin",
+        "balancing_by_service": {},
+        "health_interval": 5.0,
+        "health_timeout": 2.0,
+        "health_retries": 2,
+        "health_backoff": 0.2,
+        "health_max_interval": 30.0,
+        "unhealthy_threshold": 1,
+        "healthy_threshold": 1,
+        "eject_5xx": 5,
+        "ejection_time": 5.0,
+        "default_ttl": 0.0,
+        "latency_window": 1024,
+        "proxy": {
+            "connect_timeout": 5.0,
+            "read_timeout": 60.0,
+            "max_connections": 512,
+            "max_connections_per_host": 128,
+            "keepalive_timeout": 4.0,
+            "retry": True,
+        },
+    },
 }
 
 # Names that read better than their nested spelling; they take precedence over it.
@@ -128,6 +154,15 @@ BUILTIN_SCHEMA: dict[str, dict[str, Any]] = {
     "events.history_retention_days": {"minimum": 0},
     "logging.level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]},
     "database.pool_size": {"minimum": 1},
+    "discovery.balancing": {"enum": ["round_robin", "least_connections", "weighted"]},
+    "discovery.sync_interval": {"minimum": 0.01},
+    "discovery.health_interval": {"minimum": 0.01},
+    "discovery.health_timeout": {"minimum": 0.01},
+    "discovery.health_retries": {"minimum": 0},
+    "discovery.eject_5xx": {"minimum": 0},
+    "discovery.latency_window": {"minimum": 1},
+    "discovery.proxy.max_connections": {"minimum": 1},
+    "discovery.proxy.max_connections_per_host": {"minimum": 0},
 }
 REDACTED = "********"
 

@@ -29,9 +29,11 @@ if TYPE_CHECKING:
     import sqlalchemy
 
     from chatterfix.gateway.app import Gateway
+    from chatterfix.gateway.proxy import UpstreamPool
     from chatterfix.services.ai.service import AIService
     from chatterfix.services.auth import AuthService
     from chatterfix.services.database import Database
+    from chatterfix.services.discovery import ServiceDiscovery
 
 logger = logging.getLogger("chatterfix.platform")
 
@@ -91,6 +93,8 @@ class Platform:
         self._database: Database | None = None
         self._ai: AIService | None = None
         self._auth: AuthService | None = None
+        self._discovery: ServiceDiscovery | None = None
+        self._upstreams: UpstreamPool | None = None
         self.started = False
         self.started_at: datetime | None = None
         self._started_monotonic = time.monotonic()
@@ -171,8 +175,24 @@ class Platform:
         return self._ai
 
     @property
-    def discovery(self) -> Any:
-        raise ServiceNotAvailable("service discovery is not available yet in this version")
+    def discovery(self) -> ServiceDiscovery:
+        """Service discovery: the instances of remote apps and registered services, their
+        health checks and load balancing (``discovery.*`` in the configuration)."""
+        if self._discovery is None:
+            from chatterfix.services.discovery import ServiceDiscovery
+
+            self._discovery = ServiceDiscovery(self)
+        return self._discovery
+
+    @property
+    def upstreams(self) -> UpstreamPool:
+        """The reverse proxy's connection pool to service instances (opened on first need,
+        closed when the platform stops)."""
+        if self._upstreams is None:
+            from chatterfix.gateway.proxy import ProxySettings, UpstreamPool
+
+            self._upstreams = UpstreamPool(ProxySettings.from_config(self.config))
+        return self._upstreams
 
     # -- contributions from plugins --------------------------------------------------------
 
@@ -261,6 +281,8 @@ class Platform:
 
     def routes_changed(self) -> object | None:
         """Rebuild the gateway's routing after a plugin change; returns the previous one."""
+        if self._discovery is not None:  # remote apps started or stopped
+            self._discovery.sync_plugins()
         return self._gateway.rebuild() if self._gateway is not None else None
 
     async def drain(self, previous: object | None) -> None:
@@ -301,8 +323,11 @@ class Platform:
         self._started_monotonic = time.monotonic()
         try:
             await durable_events.open_history(self)
+            await self.discovery.start(self._task_group)
             with self.activated():
                 await self.plugins.start_all_plugins()
+            if self.discovery.names():
+                await self.upstreams.open()
             await self._connect_events()
             await durable_events.start(
                 self, self._task_group, database_used=self._database is not None
@@ -382,6 +407,12 @@ class Platform:
                         await self._consumer_stopped.wait()
                 await transport.aclose()
         self._consumer = self._consumer_stopped = None
+        if self._discovery is not None:  # health checks, then the shared registry
+            with anyio.CancelScope(shield=True):
+                await self._discovery.aclose()
+        if self._upstreams is not None:  # the proxy's connections
+            with anyio.CancelScope(shield=True):
+                await self._upstreams.aclose()
         if self._database is not None:
             with anyio.CancelScope(shield=True):
                 await self._database.aclose()
@@ -435,6 +466,10 @@ class Platform:
             if r.state is PluginState.RUNNING and health[r.name]["status"] != "unhealthy"
         )
         total = len(services)
+        if self._discovery is not None:  # each instance of a remote app or service counts
+            instances, healthy_instances = self._discovery.counts()
+            total += instances
+            healthy += healthy_instances
         return {
             "platform": {"name": self.name, "version": self.version, "uptime": self.uptime},
             "plugins": plugins,
@@ -449,7 +484,7 @@ class Platform:
 
     def _expected_up(self) -> list[PluginRecord]:
         """Plugins meant to be serving: stopped or never-started ones are not failing, and
-        remote apps are judged by service discovery, not here."""
+        remote apps are counted by their instances in service discovery."""
         return [
             record
             for record in self.plugins.records.values()

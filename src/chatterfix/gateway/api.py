@@ -13,6 +13,7 @@ from chatterfix.gateway.ai_api import AI_ROUTES
 from chatterfix.gateway.auth_api import AUTH_ROUTES
 from chatterfix.gateway.errors import APIError
 from chatterfix.gateway.routing import exempt_from_drain, platform_of
+from chatterfix.gateway.services_api import SERVICE_ROUTES
 from chatterfix.permissions import ADMIN_PERMISSION, requires
 from chatterfix.plugins import PluginActionError, PluginNotFound, PluginRecord
 from chatterfix.routes import describe, route_claims
@@ -127,6 +128,7 @@ PLATFORM_ROUTES = [
     Route("/platform/config/{key}", config_api.set_config_key, methods=["PUT"]),
     *AUTH_ROUTES,
     *AI_ROUTES,
+    *SERVICE_ROUTES,
 ]
 
 

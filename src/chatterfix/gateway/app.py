@@ -27,6 +27,7 @@ from chatterfix.gateway.errors import (
     http_exception_handler,
     internal_error_handler,
 )
+from chatterfix.gateway.proxy import Proxy
 from chatterfix.gateway.routing import RequestIds, Routing
 from chatterfix.plugins import PluginState
 
@@ -42,6 +43,7 @@ class Gateway:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
         self.request_ids = RequestIds()
+        self.proxy = Proxy(platform)  # remote apps and registered services
         self.routing = self._build()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -84,9 +86,16 @@ class Gateway:
         app.state.platform = platform
         app.router.default = self._not_found
         app.middleware_stack = app.build_middleware_stack()
-        return Routing(Authentication(app, platform), platform, self.request_ids)
+        # Innermost: requests for remote apps and registered services skip the router.
+        served = self.proxy.wrap(app, running)
+        return Routing(Authentication(served, platform), platform, self.request_ids)
 
     async def _not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
+        parts = scope["path"].split("/", 3)
+        if len(parts) > 2 and parts[1] == "api" and self.proxy.serves(parts[2]):
+            # A service named like a plugin with routes: what the plugin does not serve.
+            await self.proxy(scope, receive, send, parts[2])
+            return
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
@@ -104,16 +113,7 @@ class Gateway:
         if record is None:
             return None
         if record.state is PluginState.RUNNING:
-            if not record.is_remote:
-                return None
-            where = record.manifest.url or f"port {record.manifest.port}"
-            return error_response(
-                501,
-                f"plugin {record.name!r} is a remote app at {where}; "
-                "this gateway version does not proxy to remote apps",
-                "remote_proxy_unavailable",
-                plugin=record.name,
-            )
+            return None  # a remote app's paths are proxied (see chatterfix.gateway.proxy)
         detail = f": {record.error_message}" if record.error_message else ""
         return error_response(
             503,
