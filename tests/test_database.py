@@ -191,3 +191,29 @@ async def test_a_statement_survives_a_dropped_connection(tmp_path: Path) -> None
         again = await db.execute_query("SELECT pg_backend_pid() AS pid", fetch="one")
         assert again["success"], again
         assert again["data"]["pid"] != pid["pid"]
+
+
+async def test_transactions_that_read_then_write_wait_for_each_other(platform: Platform) -> None:
+    import anyio
+
+    db = platform.database
+    table = f"counters_{uuid.uuid4().hex[:8]}"
+    assert (await db.execute_query(f"CREATE TABLE {table} (n INTEGER)"))["success"]
+
+    async def add_one() -> None:
+        async with db.transaction() as connection:
+            count = await connection.scalar(sa.text(f"SELECT count(*) FROM {table}"))
+            await anyio.sleep(0.01)  # let the other tasks read the same count meanwhile
+            await connection.execute(sa.text(f"INSERT INTO {table} (n) VALUES (:n)"), {"n": count})
+
+    try:
+        async with anyio.create_task_group() as group:
+            for _ in range(10):
+                group.start_soon(add_one)
+        rows = await db.execute_query(f"SELECT n FROM {table} ORDER BY n", fetch="all")
+        if db.dialect == "sqlite":  # one writer at a time: each saw the one before
+            assert [row["n"] for row in rows["data"]] == list(range(10))
+        else:
+            assert len(rows["data"]) == 10
+    finally:
+        await db.execute_query(f"DROP TABLE {table}")

@@ -180,7 +180,7 @@ def like_pattern(pattern: str) -> str:
 
 
 async def create_tables(database: Database, *tables: sa.Table) -> None:
-    async with database.engine.begin() as connection:
+    async with database.transaction() as connection:
         await connection.run_sync(metadata.create_all, tables=list(tables))
 
 
@@ -311,7 +311,7 @@ class HistoryStore:
 
     async def _insert(self, events: Sequence[Event]) -> None:
         dialect = self.database.dialect
-        async with self.database.engine.begin() as connection:
+        async with self.database.transaction() as connection:
             if dialect in _DRIVER_INSERTS:
                 # Straight to the driver's executemany: SQLAlchemy's per-row parameter
                 # processing would cost the emitting thread more than the write itself.
@@ -344,7 +344,7 @@ class HistoryStore:
                 sa.select(sa.exists().where(sa.or_(*conditions)))
             ):
                 return 0
-        async with self.database.engine.begin() as connection:
+        async with self.database.transaction() as connection:
             result = await connection.execute(sa.delete(history).where(sa.or_(*conditions)))
         return max(result.rowcount, 0)
 
@@ -451,7 +451,7 @@ async def claim_outbox(
         .values(claimed_by=lease, claimed_until=now + timedelta(seconds=claim_idle))
         .returning(outbox.c.seq, *[outbox.c[name] for name in EVENT_FIELDS])
     )
-    async with database.engine.begin() as connection:
+    async with database.transaction() as connection:
         rows = (await connection.execute(statement)).mappings().all()
     return [row_event(row) for row in sorted(rows, key=lambda row: row["seq"])]
 
@@ -460,7 +460,7 @@ async def finish_outbox(
     database: Database, *, lease: str, sent: Sequence[str], unsent: Sequence[str]
 ) -> None:
     """Mark the ``sent`` event ids sent, and give up the lease on the ``unsent`` ones."""
-    async with database.engine.begin() as connection:
+    async with database.transaction() as connection:
         if sent:
             await connection.execute(
                 sa.update(outbox)
@@ -481,6 +481,6 @@ async def forget_sent(database: Database, older_than: timedelta) -> int:
     async with database.engine.connect() as connection:  # look first: usually none
         if not await connection.scalar(sa.select(sa.exists().where(old))):
             return 0
-    async with database.engine.begin() as connection:
+    async with database.transaction() as connection:
         result = await connection.execute(sa.delete(outbox).where(old))
     return max(result.rowcount, 0)

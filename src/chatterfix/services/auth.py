@@ -18,6 +18,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -268,7 +269,7 @@ class AuthService:
         async with self._ready_lock:
             if self._ready:
                 return None
-            async with self._database().engine.begin() as connection:
+            async with self._database().transaction() as connection:
                 change = await connection.run_sync(
                     apply_schema, self.OWNER, metadata.sorted_tables, {}
                 )
@@ -287,6 +288,11 @@ class AuthService:
     async def _engine(self) -> Any:
         await self.ensure_schema()
         return self._database().engine
+
+    async def _transaction(self) -> AbstractAsyncContextManager[Any]:
+        """A transaction meant to write (see ``Database.transaction``)."""
+        await self.ensure_schema()
+        return self._database().transaction()
 
     # -- users -------------------------------------------------------------------------------
 
@@ -313,8 +319,7 @@ class AuthService:
         if unknown:
             raise AuthError(f"unknown user field(s): {', '.join(sorted(unknown))}")
         password_hash = await self._hash(password) if password else None
-        engine = await self._engine()
-        async with engine.begin() as connection:
+        async with await self._transaction() as connection:
             taken = await connection.scalar(
                 sa.select(users.c.id).where(sa.func.lower(users.c.username) == username.lower())
             )
@@ -364,8 +369,7 @@ class AuthService:
         await self._update_user(user_id, is_active=active)
 
     async def _update_user(self, user_id: int, **values: Any) -> None:
-        engine = await self._engine()
-        async with engine.begin() as connection:
+        async with await self._transaction() as connection:
             result = await connection.execute(
                 users.update().where(users.c.id == user_id).values(**values)
             )
@@ -380,8 +384,7 @@ class AuthService:
     ) -> None:
         """Create a role, or replace the permissions of an existing one."""
         granted = sorted(set(permissions))
-        engine = await self._engine()
-        async with engine.begin() as connection:
+        async with await self._transaction() as connection:
             exists = await connection.scalar(sa.select(roles.c.name).where(roles.c.name == name))
             values = {"description": description, "permissions": granted}
             if exists is None:
@@ -397,14 +400,12 @@ class AuthService:
             return {name: list(permissions) for name, permissions in rows}
 
     async def assign_role(self, user_id: int, role: str) -> None:
-        engine = await self._engine()
-        async with engine.begin() as connection:
+        async with await self._transaction() as connection:
             await self._add_role(connection, user_id, role)
         self._cache.clear()
 
     async def remove_role(self, user_id: int, role: str) -> None:
-        engine = await self._engine()
-        async with engine.begin() as connection:
+        async with await self._transaction() as connection:
             await connection.execute(
                 user_roles.delete().where(
                     user_roles.c.user_id == user_id, user_roles.c.role == role
@@ -437,8 +438,7 @@ class AuthService:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         created = _now()
         expires = created + timedelta(seconds=expires_in) if expires_in is not None else None
-        engine = await self._engine()
-        async with engine.begin() as connection:
+        async with await self._transaction() as connection:
             if await connection.scalar(sa.select(users.c.id).where(users.c.id == user_id)) is None:
                 raise AuthError(f"no user with id {user_id}")
             token_id = (
@@ -477,8 +477,7 @@ class AuthService:
 
     async def revoke_token(self, token_id: int) -> bool:
         """Revoke a token; ``False`` when there is no such (unrevoked) token."""
-        engine = await self._engine()
-        async with engine.begin() as connection:
+        async with await self._transaction() as connection:
             result = await connection.execute(
                 api_tokens.update()
                 .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
@@ -549,17 +548,17 @@ class AuthService:
             if row.revoked_at is not None or _expired(row.expires_at) or not row.is_active:
                 return None
             user = await _user_with_roles(connection, row._mapping)
-        await self._touch(engine, row.token_id, _aware(row.last_used_at))
+        await self._touch(row.token_id, _aware(row.last_used_at))
         return user, row.token_id, _aware(row.expires_at)
 
-    async def _touch(self, engine: Any, token_id: int, last_used: datetime | None) -> None:
+    async def _touch(self, token_id: int, last_used: datetime | None) -> None:
         """Record when a token was last used, at most once a minute. A write of its own,
         after the reads: a read that turns into a write can deadlock on SQLite."""
         now = _now()
         if last_used is not None and now - last_used < timedelta(minutes=1):
             return
         try:
-            async with engine.begin() as connection:
+            async with self._database().transaction() as connection:
                 await connection.execute(
                     api_tokens.update().where(api_tokens.c.id == token_id).values(last_used_at=now)
                 )

@@ -11,7 +11,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -125,15 +126,28 @@ class Database:
         if self.url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_connect)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
-        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Transactions meant to write: on SQLite they take the write lock when they begin.
+        self._writer = self.engine.execution_options(chatterfix_write=True)
+        self._sessions = async_sessionmaker(self._writer, expire_on_commit=False)
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection in a transaction meant to write, committed on success.
+
+        On SQLite the transaction takes the database's write lock as it begins (``BEGIN
+        IMMEDIATE``): one that reads and then writes waits for another writer to finish
+        instead of failing with "database is locked". Read-only work can use
+        ``engine.connect()``, which never waits for writers.
+        """
+        return self._writer.begin()
+
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """An ``AsyncSession`` in a transaction: committed on success, rolled back on error."""
+        """An ``AsyncSession`` in a transaction meant to write (see :meth:`transaction`):
+        committed on success, rolled back on error."""
         async with self._sessions() as session, session.begin():
             yield session
 
@@ -195,7 +209,7 @@ class Database:
 
     async def create_tables(self, metadata: sqlalchemy.MetaData) -> None:
         """Create the tables of ``metadata`` that are missing (existing ones are kept)."""
-        async with self.engine.begin() as connection:
+        async with self.transaction() as connection:
             await connection.run_sync(metadata.create_all)
 
     async def apply_schema(
@@ -206,14 +220,14 @@ class Database:
     ) -> SchemaChange:
         """Bring ``owner``'s tables to the schema version its code expects, in one
         transaction: create what is missing, run the migration steps not applied yet."""
-        async with self.engine.begin() as connection:
+        async with self.transaction() as connection:
             return await connection.run_sync(
                 apply_schema, owner, list(tables), dict(migrations or {})
             )
 
     async def schema_versions(self) -> dict[str, int]:
         """The recorded schema version of every owner (plugin) of tables."""
-        async with self.engine.begin() as connection:
+        async with self.transaction() as connection:
             return await connection.run_sync(recorded_versions)
 
     async def aclose(self) -> None:
@@ -232,4 +246,5 @@ def _sqlite_connect(connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN")
+    writing = connection.get_execution_options().get("chatterfix_write")
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
