@@ -255,28 +255,12 @@ def _print_table(data: dict[str, Any]) -> None:
 def _call(
     url: str, method: str, path: str, body: Any = None, token: str | None = None
 ) -> dict[str, Any]:
-    """Call the gateway; failures become one clear message, never a traceback."""
-    import httpx
-
     from chatterfix.cli.credentials import resolve_token
+    from chatterfix.cli.remote import GatewayRefused, ask_gateway
 
-    secret = resolve_token(token)
-    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
     try:
-        response = httpx.request(
-            method, url.rstrip("/") + path, json=body, headers=headers, timeout=30
-        )
-    except httpx.TransportError as exc:
-        raise click.ClickException(
-            f"no gateway answers at {url} ({exc}); is `chatterfix start` running?"
-        ) from None
-    try:
-        data: dict[str, Any] = response.json()
-    except ValueError:
-        data = {}
-    if response.status_code < 400:
-        return data
-    message = data.get("error", {}).get("message") if data else response.text[:200]
-    if response.status_code == 422:
-        raise InvalidValue(str(message))
-    raise click.ClickException(f"{url} answered {response.status_code}: {message}")
+        return ask_gateway(url, method, path, token=resolve_token(token), body=body)
+    except GatewayRefused as refused:
+        if refused.status == 422:
+            raise InvalidValue(refused.reason) from None
+        raise

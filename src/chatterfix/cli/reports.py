@@ -15,6 +15,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from chatterfix.cli.remote import ask_gateway
+
 console = Console()
 
 
@@ -22,35 +24,14 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def _ask(url: str, method: str, path: str, token: str | None = None) -> dict[str, Any]:
-    """Call the gateway's API; failures become one clear line, never a traceback."""
-    import httpx
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.request(method, url.rstrip("/") + path, headers=headers, timeout=60)
-    except httpx.TransportError as exc:
-        raise click.ClickException(
-            f"no gateway answers at {url} ({exc}); is `chatterfix start` running?"
-        ) from None
-    try:
-        data: dict[str, Any] = response.json()
-    except ValueError:
-        data = {}
-    if response.status_code >= 400:
-        message = data.get("error", {}).get("message") if data else response.text[:200]
-        raise click.ClickException(f"{url} answered {response.status_code}: {message}")
-    return data
-
-
 def plugin_action(url: str, name: str, action: str, token: str | None) -> None:
-    data = _ask(url, "POST", f"/platform/plugins/{name}/{action}", token)
+    data = ask_gateway(url, "POST", f"/platform/plugins/{name}/{action}", token=token)
     for affected, state in data["plugins"].items():
         console.print(f"{affected}: [bold]{state}[/bold]")
 
 
 def show_status(url: str, as_json: bool) -> None:
-    data = _ask(url, "GET", "/platform/status")
+    data = ask_gateway(url, "GET", "/platform/status")
     if as_json:
         _print_json(data)
         return
