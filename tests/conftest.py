@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import json
+import secrets
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,40 @@ def serve() -> Callable[..., Any]:
                 yield client
 
     return run
+
+
+POSTGRES_SERVER = "postgresql://postgres@127.0.0.1:5432"
+
+
+def postgres_admin(statement: str) -> None:
+    """Run one statement (CREATE/DROP DATABASE) on the PostgreSQL server, outside any
+    transaction."""
+    import anyio
+    import asyncpg
+
+    async def run() -> None:
+        connection = await asyncpg.connect(f"{POSTGRES_SERVER}/postgres")
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    anyio.run(run)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database for the test: a SQLite file, or a database of its own on the
+    machine's PostgreSQL (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'cmms.db'}"
+        return
+    from tests.helpers import require_service
+
+    require_service(5432, "PostgreSQL")
+    name = f"chatterfix_test_{secrets.token_hex(6)}"
+    postgres_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{POSTGRES_SERVER}/{name}"
+    finally:
+        postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,42 +25,8 @@ from chatterfix import Platform, hookimpl
 from chatterfix.config import Config
 from chatterfix.permissions import ADMIN_PERMISSION, current_user, requires
 from chatterfix.services.auth import AuthError, AuthService, LoginThrottled, api_tokens, users
-from tests.helpers import require_service
 
 pytestmark = pytest.mark.anyio
-
-POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database: a SQLite file, or a PostgreSQL database created for the test."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'auth.db'}"
-        return
-    require_service(5432, "PostgreSQL")
-    name = f"chatterfix_auth_{secrets.token_hex(4)}"
-    _admin_sql(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _admin_sql(statement: str) -> None:
-    import anyio
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    async def run() -> None:
-        engine = create_async_engine(
-            POSTGRES_ADMIN.replace("postgresql://", "postgresql+asyncpg://"),
-            isolation_level="AUTOCOMMIT",
-        )
-        try:
-            async with engine.connect() as connection:
-                await connection.execute(sa.text(statement))
-        finally:
-            await engine.dispose()
-
-    anyio.run(run)
 
 
 @pytest.fixture

@@ -20,14 +20,6 @@ pytestmark = pytest.mark.anyio
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'cmms.db'}"
-    require_service(5432, "PostgreSQL")
-    return POSTGRES
-
-
 @pytest.fixture
 async def platform(database_url: str) -> AsyncIterator[Platform]:
     platform = Platform(

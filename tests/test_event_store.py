@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from tests.helpers import free_port, require_service
 
 pytestmark = pytest.mark.anyio
 
-POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 BROKER = "redis://127.0.0.1:6379/0"
 
 work_orders_metadata = sa.MetaData()
@@ -31,30 +30,6 @@ work_orders = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("title", sa.String(200), nullable=False),
 )
-
-
-async def _postgres_admin(statement: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(f"{POSTGRES}/postgres")
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'cmms.db'}"
-        return
-    require_service(5432, "PostgreSQL")
-    name = f"chatterfix_events_{uuid.uuid4().hex[:12]}"
-    anyio.run(_postgres_admin, f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{POSTGRES}/{name}"
-    finally:
-        anyio.run(_postgres_admin, f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def make_platform(database_url: str, **events: Any) -> Platform:

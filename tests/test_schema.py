@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,19 +12,8 @@ import sqlalchemy as sa
 from chatterfix import Platform, hookimpl
 from chatterfix.services.database import Database
 from chatterfix.services.schema import schema_versions
-from tests.helpers import require_service
 
 pytestmark = pytest.mark.anyio
-
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'cmms.db'}"
-    require_service(5432, "PostgreSQL")
-    return POSTGRES
 
 
 @pytest.fixture
