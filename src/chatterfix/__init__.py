@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from chatterfix.permissions import current_user, requires
     from chatterfix.platform import Platform, ServiceNotAvailable
     from chatterfix.plugins import PluginState
+    from chatterfix.route_options import max_body, openapi, rate_limit
     from chatterfix.service_endpoint import ServiceEndpoint
     from chatterfix.services.auth import User
 
@@ -46,6 +47,9 @@ _LAZY = {
     "ServiceEndpoint": "chatterfix.service_endpoint",
     "requires": "chatterfix.permissions",
     "current_user": "chatterfix.permissions",
+    "rate_limit": "chatterfix.route_options",
+    "max_body": "chatterfix.route_options",
+    "openapi": "chatterfix.route_options",
     "User": "chatterfix.services.auth",
 }
 
@@ -81,7 +85,10 @@ __all__ = [
     "event_system",
     "hookimpl",
     "hookspec",
+    "max_body",
+    "openapi",
     "plugin_registry",
+    "rate_limit",
     "requires",
     "service_discovery",
     "shared_services",

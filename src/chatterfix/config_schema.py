@@ -91,10 +91,13 @@ class Spec:
         if self.types:
             value = self._fit_type(value)
         if self.items is not None and isinstance(value, list):
-            try:
-                value = [self.items.check(item) for item in value]
-            except Invalid:
-                raise Invalid(self.expected()) from None
+            checked = []
+            for item in value:
+                try:
+                    checked.append(self.items.check(item))
+                except Invalid as exc:
+                    raise Invalid(f"{self.expected()}; {item!r} is not {exc}") from None
+            value = checked
         if self.enum is not None:
             value = self._fit_enum(value)
         if _is_number(value) and not self._in_bounds(value):

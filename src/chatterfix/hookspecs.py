@@ -58,8 +58,10 @@ def register_middleware(platform: Platform) -> Any:
     only. The middleware wraps the whole gateway while the plugin runs; it is built anew
     whenever the set of running plugins changes, so keep long-lived state elsewhere.
     Middleware should be pure ASGI; it sees every request, so keep it cheap. Plugin
-    middleware sits inside the platform's own (request id, error handling), so it can rely
-    on a request id and never has to render errors itself.
+    middleware is the ``plugins`` stage of the gateway's pipeline: inside the platform's
+    request id and error handling, and by default inside the body limit, CORS, rate limit
+    and auth stages (``gateway.middleware`` orders them), so it can rely on a request id and
+    never has to render errors itself.
 
     :param platform: the running :class:`~chatterfix.Platform`.
     """

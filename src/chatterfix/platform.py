@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import sqlalchemy
 
     from chatterfix.gateway.app import Gateway
+    from chatterfix.gateway.metrics import Metrics
     from chatterfix.gateway.proxy import UpstreamPool
     from chatterfix.services.ai.service import AIService
     from chatterfix.services.auth import AuthService
@@ -279,6 +280,12 @@ class Platform:
             self._gateway = Gateway(self)
         return self._gateway
 
+    @property
+    def metrics(self) -> Metrics:
+        """The gateway's metrics (``GET /metrics``); ``metrics.registry`` is this platform's
+        own ``prometheus_client.CollectorRegistry``, for plugins to add theirs."""
+        return self.asgi_app.metrics
+
     def routes_changed(self) -> object | None:
         """Rebuild the gateway's routing after a plugin change; returns the previous one."""
         if self._discovery is not None:  # remote apps started or stopped
@@ -419,6 +426,9 @@ class Platform:
         if self._ai is not None:  # the providers' HTTP connections
             with anyio.CancelScope(shield=True):
                 await self._ai.aclose()
+        if self._gateway is not None:  # the rate limiter's connections
+            with anyio.CancelScope(shield=True):
+                await self._gateway.aclose()
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
         if self._exit_stack is not None:

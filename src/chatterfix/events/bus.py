@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 Handler = Callable[[Event], Awaitable[Any] | Any]
 REMEMBERED_IDS = 100_000  # enough to cover any redelivery window of a broker
+COUNTED_TYPES = 1000  # distinct event types counted by name; the rest as "other"
 logger = logging.getLogger("chatterfix.events")
 
 
@@ -108,6 +109,9 @@ class EventBus:
         self.outbox: Outbox | None = None
         # Ids of the events delivered here, newest last: a broker delivers at least once.
         self._delivered: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Events published here by type (the gateway's /metrics); bounded: types past the
+        # first COUNTED_TYPES are counted as "other".
+        self.type_counts: dict[str, int] = {}
 
     # -- subscriptions ---------------------------------------------------------------------
 
@@ -279,6 +283,9 @@ class EventBus:
     async def publish(self, event: Event) -> None:
         """Record an existing event in history and run the matching handlers."""
         self.history.append(event)
+        counts = self.type_counts
+        kind = event.type if event.type in counts or len(counts) < COUNTED_TYPES else "other"
+        counts[kind] = counts.get(kind, 0) + 1
         route = self._routes.get(event.type)
         if route is None:
             route = self._routes[event.type] = [

@@ -12,10 +12,13 @@ from chatterfix.gateway import config_api, events_api
 from chatterfix.gateway.ai_api import AI_ROUTES
 from chatterfix.gateway.auth_api import AUTH_ROUTES
 from chatterfix.gateway.errors import APIError
+from chatterfix.gateway.metrics import METRICS_ROUTES
+from chatterfix.gateway.openapi import OPENAPI_ROUTES
 from chatterfix.gateway.routing import exempt_from_drain, platform_of
 from chatterfix.gateway.services_api import SERVICE_ROUTES
 from chatterfix.permissions import ADMIN_PERMISSION, requires
 from chatterfix.plugins import PluginActionError, PluginNotFound, PluginRecord
+from chatterfix.route_options import rate_limit
 from chatterfix.routes import describe, route_claims
 
 if TYPE_CHECKING:
@@ -24,15 +27,18 @@ if TYPE_CHECKING:
 PLUGIN_ACTIONS = ("start", "stop", "reload")
 
 
+@rate_limit(None)  # probes are never refused
 async def health(request: Request) -> Response:
     report = await platform_of(request).health()
     return JSONResponse(report, status_code=503 if report["status"] == "unhealthy" else 200)
 
 
+@rate_limit(None)
 async def health_live(request: Request) -> Response:
     return JSONResponse({"status": "alive"})
 
 
+@rate_limit(None)
 async def health_ready(request: Request) -> Response:
     platform = platform_of(request)
     if not platform.started:
@@ -119,6 +125,8 @@ PLATFORM_ROUTES = [
     Route("/platform/plugins/{name}", show_plugin, methods=["GET"]),
     Route("/platform/plugins/{name}/{action}", plugin_action, methods=["POST"]),
     Route("/platform/routes", list_routes, methods=["GET"]),
+    *OPENAPI_ROUTES,
+    *METRICS_ROUTES,
     Route("/platform/events", events_api.list_events, methods=["GET"]),
     Route("/platform/events", requires(ADMIN_PERMISSION)(events_api.emit_event), methods=["POST"]),
     Route("/platform/events/stream", events_api.stream_events, methods=["GET"]),

@@ -15,11 +15,10 @@ import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.exceptions import ExceptionMiddleware
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from chatterfix.context import current_plugin_owner
 from chatterfix.gateway.api import PLATFORM_ROUTES
-from chatterfix.gateway.auth import Authentication
 from chatterfix.gateway.errors import (
     APIError,
     api_error_handler,
@@ -27,7 +26,10 @@ from chatterfix.gateway.errors import (
     http_exception_handler,
     internal_error_handler,
 )
+from chatterfix.gateway.metrics import Metrics, route_labels
+from chatterfix.gateway.pipeline import PipelineContext, build_pipeline
 from chatterfix.gateway.proxy import Proxy
+from chatterfix.gateway.ratelimit import RateLimiter, backend_for
 from chatterfix.gateway.routing import RequestIds, Routing
 from chatterfix.plugins import PluginState
 
@@ -43,6 +45,15 @@ class Gateway:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
         self.request_ids = RequestIds()
+        config = platform.config
+        self.metrics = Metrics(platform)
+        self.rate_limiter = RateLimiter(
+            backend_for(
+                str(config.get("gateway.rate_limit.backend")),
+                str(config.get("gateway.rate_limit.key_prefix")),
+            )
+        )
+        self._unwatch = self._watch_config()
         self.proxy = Proxy(platform)  # remote apps and registered services
         self.routing = self._build()
 
@@ -72,23 +83,64 @@ class Gateway:
         plugin_routes = [route for record in running for route in record.routes]
         plugin_middleware = [entry for record in running for entry in record.middleware]
         handlers = {HTTPException: http_exception_handler, APIError: api_error_handler}
-        if plugin_middleware:
-            # Starlette places middleware outside its own exception handling: without this,
-            # an APIError raised by a plugin's middleware (an auth check) would become a 500.
-            plugin_middleware.insert(0, Middleware(ExceptionMiddleware, handlers=handlers))
+        # Plugin routes first: they carry the traffic, and no plugin route can shadow a
+        # platform one (collisions are refused when a plugin starts).
+        routes = [*plugin_routes, *PLATFORM_ROUTES]
         app = Starlette(
-            # Plugin routes first: they carry the traffic, and no plugin route can shadow a
-            # platform one (collisions are refused when a plugin starts).
-            routes=[*plugin_routes, *PLATFORM_ROUTES],
-            middleware=plugin_middleware,
-            exception_handlers={**handlers, Exception: internal_error_handler},
+            routes=routes, exception_handlers={**handlers, Exception: internal_error_handler}
         )
         app.state.platform = platform
         app.router.default = self._not_found
         app.middleware_stack = app.build_middleware_stack()
         # Innermost: requests for remote apps and registered services skip the router.
         served = self.proxy.wrap(app, running)
-        return Routing(Authentication(served, platform), platform, self.request_ids)
+        return self._pipeline(served, app, routes, plugin_middleware, handlers)
+
+    def _pipeline(
+        self,
+        inner: ASGIApp,
+        app: Starlette,
+        routes: list[Any],
+        plugin_middleware: list[Middleware],
+        handlers: dict[Any, Any],
+    ) -> Routing:
+        """``inner`` inside the stages of ``gateway.middleware``, inside the routing layer
+        (see :mod:`chatterfix.gateway.pipeline`)."""
+        platform = self.platform
+        context = PipelineContext(platform, routes, plugin_middleware, handlers, self.rate_limiter)
+        chain, stages = build_pipeline(inner, context)
+        metrics = bool(platform.config.get("gateway.metrics"))
+        return Routing(
+            chain,
+            platform,
+            self.request_ids,
+            starlette=app,
+            metrics=self.metrics.requests if metrics else None,
+            route_labels=route_labels(routes) if metrics else None,
+            stages=stages,
+        )
+
+    def _watch_config(self) -> Any:
+        """Rebuild the routing when a ``gateway.*`` setting changes (the pipeline's stages
+        read theirs when a generation is built)."""
+        token = current_plugin_owner.set(None)  # the gateway's watcher, not a plugin's
+        try:
+            return self.platform.config.watch("gateway", self._config_changed)
+        finally:
+            current_plugin_owner.reset(token)
+
+    def _config_changed(self, key: str, value: Any) -> None:
+        if key == "gateway.rate_limit.backend" or key == "gateway.rate_limit.key_prefix":
+            logger.warning("%s applies at the next start of the gateway", key)
+            return
+        try:
+            self.routing = self._build()
+        except Exception:
+            logger.exception("%s changed; the gateway keeps its previous pipeline", key)
+
+    async def aclose(self) -> None:
+        """Release what the gateway holds between requests (the rate limiter's client)."""
+        await self.rate_limiter.aclose()
 
     async def _not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
         parts = scope["path"].split("/", 3)

@@ -1,10 +1,11 @@
 """A routing generation: one built gateway application and the requests it is serving.
 
-Everything the gateway does per request before Starlette sees it happens in one pure-ASGI
-layer, :class:`Routing`: count the request (so a swap can drain), give it a request id,
-set the request's context variables, make sure an unhandled error still ends with a JSON
-answer, and write the access log. One layer instead of several keeps the per-request
-overhead small.
+The outermost stage of the gateway's pipeline is one pure-ASGI layer, :class:`Routing`:
+count the request (so a swap can drain), give it a request id, set the request's context
+variables, make sure an unhandled error still ends with a JSON answer, write the access
+log and count the request in the metrics. One layer instead of several keeps the
+per-request overhead small; the configurable stages (:mod:`chatterfix.gateway.pipeline`)
+come inside it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.requests import Request
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatterfix.context import current_platform, current_request_id, current_scope, serving_routing
@@ -27,12 +29,14 @@ from chatterfix.gateway.errors import internal_error
 from chatterfix.services.logging import ACCESS_LOGGER
 
 if TYPE_CHECKING:
+    from chatterfix.gateway.metrics import RequestMetrics
     from chatterfix.platform import Platform
 
 logger = logging.getLogger("chatterfix.gateway")
 access_logger = logging.getLogger(ACCESS_LOGGER)
 
 REQUEST_ID_HEADER = b"x-request-id"
+UNMATCHED = "<unmatched>"  # the metrics' route label for requests no route matched
 _VALID_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -69,14 +73,29 @@ class Routing:
         "_idle",
         "access_log",
         "app",
+        "cache",
         "exempt",
         "ids",
         "in_flight",
+        "metrics",
         "platform",
+        "route_labels",
         "route_plugins",
+        "stages",
+        "starlette",
     )
 
-    def __init__(self, app: ASGIApp, platform: Any, ids: RequestIds) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        platform: Any,
+        ids: RequestIds,
+        *,
+        starlette: ASGIApp | None = None,
+        metrics: RequestMetrics | None = None,
+        route_labels: dict[int, str] | None = None,
+        stages: list[str] | None = None,
+    ) -> None:
         self.app = app
         self.platform = platform
         self.ids = ids
@@ -85,13 +104,21 @@ class Routing:
         self._idle: anyio.Event | None = None
         self.access_log = bool(platform.config.get("gateway.access_log"))
         self.route_plugins = _route_plugins(platform)
+        # The Starlette application inside the pipeline: scope["app"] from the start, so
+        # that stages and plugin middleware see the same request.app as the handlers.
+        self.starlette = starlette
+        self.metrics = metrics
+        self.route_labels = route_labels or {}
+        self.stages = stages or []  # the pipeline's stages in this generation, outermost first
+        self.cache: dict[str, Any] = {}  # what is built once per generation (OpenAPI)
 
     @property
     def busy(self) -> int:
         return self.in_flight - self.exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        began = perf_counter() if self.access_log else 0.0
+        metrics = self.metrics
+        began = perf_counter() if self.access_log or metrics is not None else 0.0
         request_id = None
         for name, value in scope["headers"]:
             if name == REQUEST_ID_HEADER and _VALID_ID.fullmatch(value):
@@ -100,6 +127,8 @@ class Routing:
         if request_id is None:
             request_id = self.ids.next()
         scope.setdefault("state", {})["request_id"] = request_id
+        if self.starlette is not None:
+            scope["app"] = self.starlette
         header = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
         status = 0  # none sent yet
 
@@ -128,14 +157,37 @@ class Routing:
             if not status and scope["type"] == "http":
                 await internal_error()(scope, receive, send_with_id)
         finally:
-            if self.access_log and scope["type"] == "http":
-                _log_access(scope, status, began)
+            if scope["type"] == "http":
+                if metrics is not None:
+                    route = scope.get("route")
+                    metrics.observe(
+                        self.route_labels.get(id(route), UNMATCHED)
+                        if route is not None
+                        else self._label_unrouted(scope, status),
+                        scope["method"],
+                        status,
+                        perf_counter() - began,
+                    )
+                if self.access_log:
+                    _log_access(scope, status, began)
             current_scope.reset(tokens[3])
             current_request_id.reset(tokens[2])
             current_platform.reset(tokens[1])
             serving_routing.reset(tokens[0])
             self.in_flight -= 1
             self._signal()
+
+    def _label_unrouted(self, scope: Scope, status: int) -> str:
+        """The route a request answered before routing (a 413, a 429, a CORS preflight)
+        was for, found the way the router would; not looked up for 404s."""
+        router = getattr(self.starlette, "router", None)
+        if status == 404 or router is None:
+            return UNMATCHED
+        for route in router.routes:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                return self.route_labels.get(id(route), UNMATCHED)
+        return UNMATCHED
 
     def _signal(self) -> None:
         if self._idle is not None and self.busy <= 0:

@@ -1,0 +1,314 @@
+"""Rate limiting: token buckets per client, in memory or shared through Redis.
+
+A :class:`~chatterfix.route_options.Limit` of ``N`` per ``period`` is a bucket holding at
+most ``N`` tokens, refilled continuously at ``N / period`` tokens a second; a request takes
+one token, and is refused with ``429`` when less than one is left. A client is its API token
+(a digest of the bearer value, never the value itself), the authenticated user when the
+``auth`` stage runs first, else its IP address.
+
+The headers follow draft-ietf-httpapi-ratelimit-headers-06 (the last revision with separate
+fields): ``RateLimit-Limit``, ``RateLimit-Remaining``, ``RateLimit-Reset`` (seconds until
+the bucket is full again) and ``RateLimit-Policy`` on every limited response, and
+``Retry-After`` (seconds until a token is back) on a ``429``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chatterfix.gateway.errors import error_response
+from chatterfix.route_options import Limit
+
+logger = logging.getLogger("chatterfix.gateway")
+
+_AUTHORIZATION = b"authorization"
+_BEARER = b"bearer "
+Clock = Callable[[], float]
+
+
+@attrs.define(slots=True)
+class Decision:
+    """What a bucket said about one request."""
+
+    allowed: bool
+    remaining: int
+    reset: int  # seconds until the bucket is full again
+    retry_after: int  # seconds until one token is back (0 when allowed)
+
+
+def decide(limit: Limit, tokens: float) -> Decision:
+    """The decision for a bucket left with ``tokens`` (after taking one, when allowed)."""
+    rate = limit.rate
+    reset = math.ceil(max(limit.count - tokens, 0.0) / rate)
+    return Decision(True, int(tokens), reset, 0)
+
+
+def refuse(limit: Limit, tokens: float) -> Decision:
+    rate = limit.rate
+    reset = math.ceil(max(limit.count - tokens, 0.0) / rate)
+    return Decision(False, 0, reset, max(1, math.ceil((1.0 - tokens) / rate)))
+
+
+class Backend(Protocol):
+    async def hit(self, key: str, limit: Limit) -> Decision: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryBackend:
+    """Buckets in this process. ``clock`` (monotonic seconds) can be replaced in tests.
+
+    At most ``max_keys`` buckets are kept: past that, full buckets are dropped (a full
+    bucket is the same as none), then the oldest half if that was not enough.
+    """
+
+    name = "memory"
+
+    def __init__(self, clock: Clock = time.monotonic, max_keys: int = 100_000) -> None:
+        self.clock = clock
+        self.max_keys = max_keys
+        self._buckets: dict[str, list[float]] = {}
+
+    async def hit(self, key: str, limit: Limit) -> Decision:
+        return self.take(key, limit)
+
+    def take(self, key: str, limit: Limit) -> Decision:
+        now = self.clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self._prune(now, limit)
+            tokens = float(limit.count)
+            bucket = self._buckets[key] = [tokens, now]
+        else:
+            elapsed = now - bucket[1] if now > bucket[1] else 0.0
+            tokens = min(float(limit.count), bucket[0] + elapsed * limit.rate)
+            bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return decide(limit, tokens - 1.0)
+        bucket[0] = tokens
+        return refuse(limit, tokens)
+
+    def _prune(self, now: float, limit: Limit) -> None:
+        full = [
+            key
+            for key, (tokens, at) in self._buckets.items()
+            if tokens + (now - at) * limit.rate >= limit.count
+        ]
+        for key in full:
+            del self._buckets[key]
+        if len(self._buckets) >= self.max_keys:
+            for key in list(self._buckets)[: len(self._buckets) // 2 + 1]:
+                del self._buckets[key]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    async def aclose(self) -> None:
+        return None
+
+
+# One atomic step on Redis: refill from the server's own clock (replicas' clocks may
+# differ), take a token if there is one, and keep the bucket only as long as it matters.
+TOKEN_BUCKET_LUA = """
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1])
+local at = tonumber(state[2])
+if tokens == nil or at == nil then
+  tokens = capacity
+  at = now
+end
+if now > at then
+  tokens = math.min(capacity, tokens + (now - at) * rate)
+  at = now
+end
+local allowed = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(at))
+redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate * 1000) + 1000)
+return {allowed, tostring(tokens)}
+"""
+
+
+class RedisBackend:
+    """Buckets in Redis, shared by every gateway replica using the same ``url`` and
+    ``prefix``. Each request is one round trip running :data:`TOKEN_BUCKET_LUA`.
+
+    When Redis cannot be reached the request is let through (failing open: a rate limiter
+    must not take the gateway down with it) and a warning is logged, at most every
+    ``warn_every`` seconds.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self, url: str, prefix: str = "chatterfix:ratelimit", *, warn_every: float = 10.0
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.warn_every = warn_every
+        self._client: Any = None
+        self._script: Any = None
+        self._warned_at = -math.inf
+        self.failures = 0
+
+    def _connect(self) -> Any:
+        try:
+            import redis.asyncio as redis
+        except ImportError:  # pragma: no cover - the redis extra is missing
+            from chatterfix.config import ConfigError
+
+            raise ConfigError(
+                "gateway.rate_limit.backend is a Redis URL but the redis package is not "
+                "installed: pip install 'chatterfix[redis]'"
+            ) from None
+        self._client = redis.from_url(self.url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._script = self._client.register_script(TOKEN_BUCKET_LUA)
+        return self._script
+
+    async def hit(self, key: str, limit: Limit) -> Decision:
+        script = self._script or self._connect()
+        try:
+            allowed, tokens = await script(
+                keys=[f"{self.prefix}:{key}"], args=[limit.count, repr(limit.rate)]
+            )
+        except Exception as exc:  # any failure of Redis: let the request through
+            self.failures += 1
+            now = time.monotonic()
+            if now - self._warned_at >= self.warn_every:
+                self._warned_at = now
+                logger.warning(
+                    "rate limiting is off while Redis at %s fails: %s: %s",
+                    self.url,
+                    type(exc).__name__,
+                    exc,
+                )
+            return Decision(True, limit.count, 0, 0)
+        left = float(tokens)
+        return decide(limit, left) if int(allowed) else refuse(limit, left)
+
+    async def aclose(self) -> None:
+        client, self._client, self._script = self._client, None, None
+        if client is not None:
+            await client.aclose()
+
+
+def backend_for(url: str, prefix: str) -> Backend:
+    """The backend ``gateway.rate_limit.backend`` names: ``memory`` or a Redis URL."""
+    if url in ("", "memory"):
+        return MemoryBackend()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisBackend(url, prefix)
+    from chatterfix.config import ConfigError
+
+    raise ConfigError(f"gateway.rate_limit.backend = {url!r}: expected 'memory' or a redis:// URL")
+
+
+class RateLimiter:
+    """The gateway's buckets; they outlive routing generations. ``backend`` may be
+    replaced (tests give the memory backend a clock of their own)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+
+def client_key(scope: Scope) -> str:
+    """Who a request counts against: the authenticated user, the bearer token (digested),
+    else the client's address."""
+    state = scope.get("state")
+    if state:
+        user = state.get("user")
+        if user is not None:
+            return f"user:{user.id}"
+    for name, value in scope["headers"]:
+        if name == _AUTHORIZATION:
+            if value[:7].lower() == _BEARER:
+                digest = hashlib.blake2b(value[7:].strip(), digest_size=12).hexdigest()
+                return f"token:{digest}"
+            break
+    client = scope.get("client")
+    return f"ip:{client[0]}" if client else "ip:unknown"
+
+
+class RateLimit:
+    """The ``rate_limit`` stage: one bucket per client for the default limit, and one per
+    client and route for routes with a limit of their own."""
+
+    __slots__ = ("_fixed", "app", "default", "limiter", "options")
+
+    def __init__(
+        self, app: ASGIApp, limiter: RateLimiter, default: Limit | None, options: Any
+    ) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.default = default
+        self.options = options  # RouteOptionsTable or None
+        # Each limit's RateLimit-Limit and RateLimit-Policy headers, encoded once.
+        self._fixed: dict[int, tuple[tuple[bytes, bytes], tuple[bytes, bytes]]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.default
+        bucket = "*"
+        if self.options is not None:
+            found = self.options.resolve(scope)
+            if found is not None and found.has_rate_limit:
+                limit = found.rate_limit
+                bucket = found.bucket
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        decision = await self.limiter.backend.hit(f"{bucket}:{client_key(scope)}", limit)
+        fixed = self._fixed.get(id(limit))
+        if fixed is None:
+            fixed = self._fixed[id(limit)] = (
+                (b"ratelimit-limit", str(limit.count).encode()),
+                (b"ratelimit-policy", limit.policy.encode()),
+            )
+        headers = [
+            fixed[0],
+            (b"ratelimit-remaining", str(decision.remaining).encode()),
+            (b"ratelimit-reset", str(decision.reset).encode()),
+            fixed[1],
+        ]
+        if not decision.allowed:
+            wait = str(decision.retry_after)
+            response = error_response(
+                429,
+                f"rate limit of {limit} exceeded; retry in {wait} s",
+                "rate_limited",
+                {"Retry-After": wait},
+                limit=str(limit),
+                retry_after=decision.retry_after,
+            )
+            response.raw_headers.extend(headers)
+            await response(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
