@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import site
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +24,18 @@ def free_port() -> int:
         return port
 
 
+def gateway_log(cwd: Path, url: str) -> Path:
+    """The file holding the output of the gateway :func:`gateway` started at ``url``."""
+    return cwd / f"gateway-{url.rsplit(':', 1)[1]}.log"
+
+
 @contextlib.contextmanager
 def gateway(python: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run `python -m chatterfix start` on a free port until /health answers; yield its URL."""
+    """Run `python -m chatterfix start` on a free port until /health answers; yield its URL.
+
+    Its standard output and error go to :func:`gateway_log`."""
     port = free_port()
-    log = cwd / f"gateway-{port}.log"
+    log = gateway_log(cwd, f"http://127.0.0.1:{port}")
     with log.open("wb") as output:
         process = subprocess.Popen(
             [python, "-m", "chatterfix", "start", "--port", str(port), *args],
@@ -78,3 +87,20 @@ def require_service(port: int, name: str) -> None:
     if os.environ.get("CI") == "true" or os.environ.get("CHATTERFIX_REQUIRE_SERVICES") == "1":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def venv_seeing_project(root: Path) -> Path:
+    """A new virtual environment in ``root`` that sees this project and its dependencies
+    through a site directory, so that packages pip-installed into it land there alone;
+    returns its interpreter."""
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
+    python = root / "venv" / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    lines = "".join(f"import site; site.addsitedir({path!r})\n" for path in site.getsitepackages())
+    Path(purelib, "_chatterfix_project.pth").write_text(lines)
+    return python

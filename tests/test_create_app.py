@@ -32,7 +32,7 @@ from chatterfix import __version__
 from chatterfix.cli import cli
 from chatterfix.manifest import load_manifest_file
 from chatterfix.scaffold import list_templates, templates_root
-from tests.helpers import free_port, gateway
+from tests.helpers import free_port, gateway, venv_seeing_project
 
 TEMPLATES = ("ai_service", "web_app", "api", "microservice")
 # One app per template, and the route that answers 200 once it runs.
@@ -526,21 +526,8 @@ def test_update_app_needs_an_app(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def venv_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtual environment that sees this project and its dependencies through a
-    site directory (as tests/test_process.py does); apps get pip-installed into it."""
-    root = tmp_path_factory.mktemp("apps-venv")
-    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
-    python = root / "venv" / "bin" / "python"
-    purelib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    import site
-
-    lines = "".join(f"import site; site.addsitedir({path!r})\n" for path in site.getsitepackages())
-    Path(purelib, "_chatterfix_project.pth").write_text(lines)
-    return python
+    site directory; apps get pip-installed into it."""
+    return venv_seeing_project(tmp_path_factory.mktemp("apps-venv"))
 
 
 @pytest.fixture(scope="module")
@@ -879,8 +866,8 @@ def test_an_app_on_its_own_through_a_real_gateway(tmp_path: Path) -> None:
             )
             if discovery:
                 listed = wait_for(
-                    lambda: httpx.get(url + "/platform/services").json()["services"].get(
-                        "boiler_watch"
+                    lambda: (
+                        httpx.get(url + "/platform/services").json()["services"].get("boiler_watch")
                     ),
                     "the registration",
                     app_log,

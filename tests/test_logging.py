@@ -6,12 +6,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import signal
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +19,7 @@ from chatterfix import Platform, hookimpl
 from chatterfix.config import Config, ConfigError
 from chatterfix.events.model import Event
 from chatterfix.services.logging import ContextFilter, configure_logging
-from tests.helpers import free_port
+from tests.helpers import gateway, gateway_log
 
 pytestmark = pytest.mark.anyio
 
@@ -384,38 +380,11 @@ def test_values_given_with_extra_are_kept() -> None:
 
 
 def run_gateway(tmp_path: Path, *args: str, request_id: str) -> list[dict[str, Any]]:
-    """Start `chatterfix start`, make one request, stop it; its stderr's JSON records."""
-    port = free_port()
-    stderr_file = tmp_path / f"stderr-{port}.log"
-    with stderr_file.open("wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "chatterfix", "start", "--port", str(port), *args],
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env={**os.environ, "NO_COLOR": "1"},
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"gateway exited with {process.returncode}:\n{stderr_file.read_text()}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"gateway did not answer within 60 s:\n{stderr_file.read_text()}")
-            time.sleep(0.05)
+    """Start `chatterfix start`, make one request, stop it; its JSON log records."""
+    with gateway(sys.executable, *args, cwd=tmp_path, env={"NO_COLOR": "1"}) as url:
         response = httpx.get(url + "/api/hello", headers={"X-Request-ID": request_id})
         assert response.status_code == 200
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=15)
-    lines = stderr_file.read_text().splitlines()
+    lines = gateway_log(tmp_path, url).read_text().splitlines()
     # Lines other than log records (the start-up banner) are plain text.
     return [json.loads(line) for line in lines if line.startswith("{")]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import site
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.helpers import admin_headers, gateway
+from tests.helpers import admin_headers, gateway, venv_seeing_project
 
 pytestmark = pytest.mark.slow
 
@@ -64,18 +63,7 @@ def health_check(platform):
 def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A new virtual environment that sees this project (and its dependencies) through a
     site directory, with the plugin distribution below pip-installed into it."""
-    root = tmp_path_factory.mktemp("venv")
-    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
-    python = root / "venv" / "bin" / "python"
-    venv_site = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    lines = "".join(f"import site; site.addsitedir({path!r})\n" for path in site.getsitepackages())
-    Path(venv_site, "_chatterfix_project.pth").write_text(lines)
-    return python
+    return venv_seeing_project(tmp_path_factory.mktemp("venv"))
 
 
 @pytest.fixture(scope="module")
