@@ -1,16 +1,25 @@
-"""Building AI services for tests: configuration pointing at the fake server, a fake clock."""
+"""Building AI services for tests: configuration pointing at the fake server, a fake clock.
+
+Also the fixtures the AI test modules share; they load this module with
+``pytest_plugins = ["tests.ai_support"]``. They import it first, so pytest could not rewrite
+its asserts (it has none) and would warn: PYTEST_DONT_REWRITE says there is nothing to rewrite.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 
 from chatterfix.config import Config
 from chatterfix.services.ai.keys import KeyStore
 from chatterfix.services.ai.service import AIService, Policy
+from tests.ai_servers import FakeAI, serve_fake_ai
+
+MakeAI = Callable[..., AIService]
 
 KEYS = {
     "OPENAI_API_KEY": "sk-test-openai",
@@ -72,3 +81,44 @@ def make_service(
         ),
         events=events,
     )
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[FakeAI]:
+    """One fake server per test module: starting uvicorn for every test would be slow."""
+    with serve_fake_ai() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(fake_server: FakeAI) -> FakeAI:
+    """The module's fake server, with no requests or scripted answers left by other tests."""
+    fake_server.reset()
+    return fake_server
+
+
+@pytest.fixture
+def time() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+async def make_ai(fake: FakeAI, tmp_path: Path, time: FakeTime) -> AsyncIterator[MakeAI]:
+    """``make_service(**options)`` against the fake server on the test's clock; every
+    service made is closed when the test ends, passed or failed."""
+    made: list[AIService] = []
+
+    def make(**options: Any) -> AIService:
+        service = make_service(fake.url, tmp_path, **{"time": time, **options})
+        made.append(service)
+        return service
+
+    yield make
+    for service in made:
+        await service.aclose()
+
+
+@pytest.fixture
+def ai(make_ai: MakeAI) -> AIService:
+    """A service with the default test settings."""
+    return make_ai()

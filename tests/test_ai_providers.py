@@ -4,37 +4,25 @@ requests sent, the parsing of real-shaped answers, errors, retries and streaming
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from chatterfix.services.ai.errors import AIError, ProviderError
 from chatterfix.services.ai.providers.base import retry_after_seconds
+from chatterfix.services.ai.service import AIService
 from chatterfix.services.ai.types import StreamChunk
-from tests.ai_servers import FakeAI, Scripted, anthropic_stream, serve_fake_ai
-from tests.ai_support import FakeTime, make_service
+from tests.ai_servers import FakeAI, Scripted, anthropic_stream
+from tests.ai_support import FakeTime, MakeAI, make_service
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeAI]:
-    with serve_fake_ai() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(fake_server: FakeAI) -> FakeAI:
-    fake_server.reset()
-    return fake_server
+pytest_plugins = ["tests.ai_support"]  # fake, time, make_ai and ai
 
 
 # -- OpenAI-compatible --------------------------------------------------------------------
 
 
-async def test_openai_chat_request_and_answer(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path)
+async def test_openai_chat_request_and_answer(fake: FakeAI, ai: AIService) -> None:
     text = await ai.generate_text(
         "Why does P-101 vibrate?",
         provider="openai",
@@ -64,22 +52,18 @@ async def test_openai_chat_request_and_answer(fake: FakeAI, tmp_path: Path) -> N
         "stop": ["END"],
         "response_format": {"type": "json_object"},
     }
-    await ai.aclose()
 
 
-async def test_openai_model_id_is_split_at_the_first_slash(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path)
+async def test_openai_model_id_is_split_at_the_first_slash(fake: FakeAI, ai: AIService) -> None:
     await ai.generate_text("hi", model="openai/meta-llama/Llama-3-8b")
     assert fake.requests[0].json["model"] == "meta-llama/Llama-3-8b"
     await ai.generate_text("hi", provider="openai", model="gpt-4o")
     assert fake.requests[1].json["model"] == "gpt-4o"
     with pytest.raises(AIError, match="unknown AI provider 'nope'; known providers: anthropic"):
         await ai.generate_text("hi", model="nope/x")
-    await ai.aclose()
 
 
-async def test_openai_streaming(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path)
+async def test_openai_streaming(fake: FakeAI, ai: AIService) -> None:
     chunks = [c async for c in ai.stream_text("pump P-7 leaking", provider="openai")]
     assert "".join(c.text for c in chunks) == "echo: pump P-7 leaking"
     last = chunks[-1]
@@ -91,7 +75,6 @@ async def test_openai_streaming(fake: FakeAI, tmp_path: Path) -> None:
     assert body["stream_options"] == {"include_usage": True}
     record = ai.records[-1]
     assert (record.operation, record.ok, record.output_tokens) == ("stream_text", True, 7)
-    await ai.aclose()
 
 
 def delta(text: str, finish: str | None) -> str:
@@ -100,9 +83,9 @@ def delta(text: str, finish: str | None) -> str:
 
 
 async def test_openai_stream_without_usage_and_with_error_event(
-    fake: FakeAI, tmp_path: Path
+    fake: FakeAI, make_ai: MakeAI
 ) -> None:
-    ai = make_service(fake.url, tmp_path, attempts=1)
+    ai = make_ai(attempts=1)
     fake.queue(
         "/v1/chat/completions",
         Scripted(
@@ -128,21 +111,17 @@ async def test_openai_stream_without_usage_and_with_error_event(
             received.append(chunk)
     assert [c.text for c in received] == ["part"]  # what came before the error was delivered
     assert ai.records[-1].ok is False
-    await ai.aclose()
 
 
-async def test_openai_embeddings(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path)
+async def test_openai_embeddings(fake: FakeAI, ai: AIService) -> None:
     vectors = await ai.embed(["pump", "air handler"], provider="openai")
     assert vectors == [[4.0, 0.0, 0.5], [11.0, 1.0, 0.5]]  # by "index", not by position
     seen = fake.requests[0]
     assert seen.path == "/v1/embeddings"
     assert seen.json == {"model": "text-embedding-3-small", "input": ["pump", "air handler"]}
-    await ai.aclose()
 
 
-async def test_openai_transcription_then_work_order(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path)
+async def test_openai_transcription_then_work_order(fake: FakeAI, ai: AIService) -> None:
     audio = b"RIFF\x00\x00WAVEfmt fake-audio-bytes"
     result = await ai.process_voice_to_text(audio=audio, provider="openai")
     assert result.transcript == "the pump in building 3 is leaking oil badly"
@@ -156,11 +135,9 @@ async def test_openai_transcription_then_work_order(fake: FakeAI, tmp_path: Path
     assert result.source == "rules"
     assert result.work_order.priority == "high"
     assert result.work_order.location == "Building 3"
-    await ai.aclose()
 
 
-async def test_openai_image_input(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path)
+async def test_openai_image_input(fake: FakeAI, ai: AIService) -> None:
     findings = json.dumps(
         {
             "condition_score": 4,
@@ -205,13 +182,10 @@ async def test_openai_image_input(fake: FakeAI, tmp_path: Path) -> None:
         "image_url": {"url": "data:image/png;base64,iVBORyBmYWtl"},
     }
     assert ai.records[-1].input_tokens == 900
-    await ai.aclose()
 
 
-async def test_openai_compatible_server_without_key(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(
-        fake.url,
-        tmp_path,
+async def test_openai_compatible_server_without_key(fake: FakeAI, make_ai: MakeAI) -> None:
+    ai = make_ai(
         env={},
         providers={
             "ollama": {
@@ -228,26 +202,21 @@ async def test_openai_compatible_server_without_key(fake: FakeAI, tmp_path: Path
     assert seen.path == "/ollama/v1/chat/completions"
     assert "authorization" not in seen.headers
     assert seen.json["model"] == "llama3.1"
-    await ai.aclose()
 
 
-async def test_xai_is_openai_compatible(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path)
+async def test_xai_is_openai_compatible(fake: FakeAI, ai: AIService) -> None:
     text = await ai.generate_text("hello", provider="xai")
     assert text == "echo: hello"
     seen = fake.requests[0]
     assert seen.path == "/xai/v1/chat/completions"
     assert seen.headers["authorization"] == "Bearer xai-test"
     assert seen.json["model"] == "grok-2-latest"
-    await ai.aclose()
 
 
 # -- errors and the retry policy ----------------------------------------------------------
 
 
-async def test_401_is_not_retried(fake: FakeAI, tmp_path: Path) -> None:
-    time = FakeTime()
-    ai = make_service(fake.url, tmp_path, time=time)
+async def test_401_is_not_retried(fake: FakeAI, ai: AIService, time: FakeTime) -> None:
     fake.queue(
         "/v1/chat/completions",
         Scripted(
@@ -267,12 +236,9 @@ async def test_401_is_not_retried(fake: FakeAI, tmp_path: Path) -> None:
     assert "openai answered 401: Incorrect API key provided." in str(caught.value)
     assert "OPENAI_API_KEY" in str(caught.value)
     assert len(fake.requests) == 1 and time.sleeps == []
-    await ai.aclose()
 
 
-async def test_400_is_not_retried(fake: FakeAI, tmp_path: Path) -> None:
-    time = FakeTime()
-    ai = make_service(fake.url, tmp_path, time=time)
+async def test_400_is_not_retried(fake: FakeAI, ai: AIService, time: FakeTime) -> None:
     fake.queue(
         "/v1/chat/completions",
         Scripted(
@@ -289,12 +255,9 @@ async def test_400_is_not_retried(fake: FakeAI, tmp_path: Path) -> None:
         await ai.generate_text("x", provider="openai", temperature=9)
     assert caught.value.kind == "bad_request"
     assert len(fake.requests) == 1 and time.sleeps == []
-    await ai.aclose()
 
 
-async def test_429_waits_for_retry_after(fake: FakeAI, tmp_path: Path) -> None:
-    time = FakeTime()
-    ai = make_service(fake.url, tmp_path, time=time)
+async def test_429_waits_for_retry_after(fake: FakeAI, ai: AIService, time: FakeTime) -> None:
     limited = {"error": {"message": "Rate limit reached", "type": "rate_limit_exceeded"}}
     fake.queue(
         "/v1/chat/completions",
@@ -306,23 +269,21 @@ async def test_429_waits_for_retry_after(fake: FakeAI, tmp_path: Path) -> None:
     assert time.sleeps == [7.0, 2.0]
     assert [r.error_kind for r in ai.records] == ["rate_limit", "rate_limit", None]
     assert [r.attempt for r in ai.records] == [1, 2, 3]
-    await ai.aclose()
 
 
-async def test_429_with_a_long_retry_after_gives_up(fake: FakeAI, tmp_path: Path) -> None:
-    time = FakeTime()
-    ai = make_service(fake.url, tmp_path, time=time)
+async def test_429_with_a_long_retry_after_gives_up(
+    fake: FakeAI, ai: AIService, time: FakeTime
+) -> None:
     fake.queue("/v1/chat/completions", Scripted(429, json={}, headers={"Retry-After": "3600"}))
     with pytest.raises(ProviderError) as caught:
         await ai.generate_text("x", provider="openai")
     assert caught.value.kind == "rate_limit" and caught.value.retry_after == 3600
     assert time.sleeps == []
-    await ai.aclose()
 
 
-async def test_5xx_backs_off_with_jitter_then_succeeds(fake: FakeAI, tmp_path: Path) -> None:
-    time = FakeTime()
-    ai = make_service(fake.url, tmp_path, time=time)
+async def test_5xx_backs_off_with_jitter_then_succeeds(
+    fake: FakeAI, ai: AIService, time: FakeTime
+) -> None:
     fake.queue(
         "/v1/chat/completions",
         Scripted(500, json={"error": {"message": "internal"}}),
@@ -334,29 +295,26 @@ async def test_5xx_backs_off_with_jitter_then_succeeds(fake: FakeAI, tmp_path: P
     assert ai.records[1].error == "openai answered 503: <html>Service Unavailable</html>"
     # latency comes from the injected clock: the requests themselves took no fake time
     assert [r.latency_ms for r in ai.records] == [0.0, 0.0, 0.0]
-    await ai.aclose()
 
 
-async def test_5xx_gives_up_after_the_attempts(fake: FakeAI, tmp_path: Path) -> None:
-    time = FakeTime()
-    ai = make_service(fake.url, tmp_path, time=time, attempts=3)
+async def test_5xx_gives_up_after_the_attempts(
+    fake: FakeAI, make_ai: MakeAI, time: FakeTime
+) -> None:
+    ai = make_ai(attempts=3)
     fake.queue("/v1/chat/completions", *[Scripted(502, json={"error": "bad gateway"})] * 3)
     with pytest.raises(ProviderError, match="502") as caught:
         await ai.generate_text("x", provider="openai")
     assert caught.value.kind == "server"
     assert len(fake.requests) == 3 and len(time.sleeps) == 2
-    await ai.aclose()
 
 
-async def test_timeout_is_retried(fake: FakeAI, tmp_path: Path) -> None:
-    time = FakeTime()
-    ai = make_service(fake.url, tmp_path, time=time, timeout=0.2)
+async def test_timeout_is_retried(fake: FakeAI, make_ai: MakeAI, time: FakeTime) -> None:
+    ai = make_ai(timeout=0.2)
     fake.queue("/v1/chat/completions", Scripted(200, json={}, delay=2.0))
     assert await ai.generate_text("x", provider="openai") == "echo: x"
     assert ai.records[0].error_kind == "timeout"
     assert ai.records[0].error == "openai did not answer within 0.2 s"
     assert time.sleeps == [0.375]
-    await ai.aclose()
 
 
 async def test_connection_refused_is_a_connection_error(tmp_path: Path) -> None:
@@ -370,14 +328,10 @@ async def test_connection_refused_is_a_connection_error(tmp_path: Path) -> None:
     await ai.aclose()
 
 
-async def test_context_window_error_moves_to_the_larger_model(fake: FakeAI, tmp_path: Path) -> None:
-    time = FakeTime()
-    ai = make_service(
-        fake.url,
-        tmp_path,
-        time=time,
-        providers={"openai": {"model": "gpt-4o-mini", "fallback_model": "gpt-4.1"}},
-    )
+async def test_context_window_error_moves_to_the_larger_model(
+    fake: FakeAI, make_ai: MakeAI, time: FakeTime
+) -> None:
+    ai = make_ai(providers={"openai": {"model": "gpt-4o-mini", "fallback_model": "gpt-4.1"}})
     fake.queue(
         "/v1/chat/completions",
         Scripted(
@@ -396,7 +350,6 @@ async def test_context_window_error_moves_to_the_larger_model(fake: FakeAI, tmp_
     assert [r.json["model"] for r in fake.requests] == ["gpt-4o-mini", "gpt-4.1"]
     assert ai.records[0].error_kind == "context_window"
     assert time.sleeps == []
-    await ai.aclose()
 
 
 def test_retry_after_forms() -> None:
@@ -410,8 +363,7 @@ def test_retry_after_forms() -> None:
 # -- Anthropic -----------------------------------------------------------------------------
 
 
-async def test_anthropic_messages_request_and_answer(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path)
+async def test_anthropic_messages_request_and_answer(fake: FakeAI, ai: AIService) -> None:
     text = await ai.generate_text(
         "Is AHU-3 safe to run?",
         provider="anthropic",
@@ -440,11 +392,9 @@ async def test_anthropic_messages_request_and_answer(fake: FakeAI, tmp_path: Pat
         "temperature": 0,
         "stop_sequences": ["\n\n"],
     }
-    await ai.aclose()
 
 
-async def test_anthropic_streaming(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path)
+async def test_anthropic_streaming(fake: FakeAI, ai: AIService) -> None:
     chunks = [c async for c in ai.stream_text("boiler B-2 knocking", provider="anthropic")]
     assert "".join(c.text for c in chunks) == "echo: boiler B-2 knocking"
     last = chunks[-1]
@@ -452,11 +402,10 @@ async def test_anthropic_streaming(fake: FakeAI, tmp_path: Path) -> None:
     assert last.usage is not None
     assert (last.usage.input_tokens, last.usage.output_tokens) == (12, 6)
     assert fake.requests[0].json["stream"] is True
-    await ai.aclose()
 
 
-async def test_anthropic_stream_max_tokens_and_error_event(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path, attempts=1)
+async def test_anthropic_stream_max_tokens_and_error_event(fake: FakeAI, make_ai: MakeAI) -> None:
+    ai = make_ai(attempts=1)
     error = (
         'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", '
         '"message": "Overloaded"}}\n\n'
@@ -472,14 +421,11 @@ async def test_anthropic_stream_max_tokens_and_error_event(fake: FakeAI, tmp_pat
     with pytest.raises(ProviderError, match="Overloaded"):
         async for _ in ai.stream_text("x", provider="anthropic"):
             pass
-    await ai.aclose()
 
 
 async def test_anthropic_overloaded_is_retried_and_json_mode_is_asked_in_words(
-    fake: FakeAI, tmp_path: Path
+    fake: FakeAI, ai: AIService, time: FakeTime
 ) -> None:
-    time = FakeTime()
-    ai = make_service(fake.url, tmp_path, time=time)
     fake.queue(
         "/v1/messages",
         Scripted(
@@ -491,11 +437,9 @@ async def test_anthropic_overloaded_is_retried_and_json_mode_is_asked_in_words(
     assert len(fake.requests) == 2 and time.sleeps == [0.375]
     assert fake.requests[1].json["system"] == "Answer with one JSON object and nothing else."
     assert ai.records[0].error == "anthropic answered 529: Overloaded"
-    await ai.aclose()
 
 
-async def test_anthropic_image_blocks(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path)
+async def test_anthropic_image_blocks(fake: FakeAI, ai: AIService) -> None:
     await ai.analyze_image(image=b"jpeg-bytes", image_description="motor M-4", provider="anthropic")
     content = fake.requests[0].json["messages"][0]["content"]
     assert content[0] == {
@@ -503,11 +447,9 @@ async def test_anthropic_image_blocks(fake: FakeAI, tmp_path: Path) -> None:
         "source": {"type": "base64", "media_type": "image/jpeg", "data": "anBlZy1ieXRlcw=="},
     }
     assert content[1]["type"] == "text" and "motor M-4" in content[1]["text"]
-    await ai.aclose()
 
 
-async def test_http_clients_are_created_once_and_closed(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path)
+async def test_http_clients_are_created_once_and_closed(ai: AIService) -> None:
     await ai.generate_text("a", provider="openai")
     provider = ai.provider("openai")
     client = provider.client

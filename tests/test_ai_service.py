@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,29 +15,20 @@ import chatterfix
 from chatterfix.events.bus import EventBus
 from chatterfix.services.ai.errors import AIError, AllProvidersFailed, MissingKeyError
 from chatterfix.services.ai.keys import KeyStore, Secret
+from chatterfix.services.ai.service import AIService
 from chatterfix.services.ai.types import CompletionRequest, CompletionResult, Usage, to_dict
-from tests.ai_servers import FakeAI, Scripted, serve_fake_ai
-from tests.ai_support import FakeTime, make_service
+from tests.ai_servers import FakeAI, Scripted
+from tests.ai_support import FakeTime, MakeAI, make_service
 
 pytestmark = pytest.mark.anyio
+pytest_plugins = ["tests.ai_support"]  # fake, time, make_ai and ai
 
 
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeAI]:
-    with serve_fake_ai() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(fake_server: FakeAI) -> FakeAI:
-    fake_server.reset()
-    return fake_server
-
-
-async def test_failing_provider_falls_back_to_local(fake: FakeAI, tmp_path: Path) -> None:
-    time = FakeTime()
+async def test_failing_provider_falls_back_to_local(
+    fake: FakeAI, make_ai: MakeAI, time: FakeTime
+) -> None:
     events = EventBus()
-    ai = make_service(fake.url, tmp_path, time=time, fallbacks=["local"], events=events)
+    ai = make_ai(fallbacks=["local"], events=events)
     fake.queue("/v1/chat/completions", *[Scripted(500, json={"error": "down"})] * 3)
     text = await ai.generate_text(
         "the pump in building 3 is leaking oil badly, needs fixing today", provider="openai"
@@ -52,23 +42,22 @@ async def test_failing_provider_falls_back_to_local(fake: FakeAI, tmp_path: Path
     assert event.type == chatterfix.SystemEvents.AI_ANALYSIS_COMPLETED
     assert event.source == "ai"
     assert event.data["provider"] == "local" and event.data["fallback"] is True
-    await ai.aclose()
 
 
-async def test_missing_key_names_the_variable_and_falls_back(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path, env={})
+async def test_missing_key_names_the_variable_and_falls_back(fake: FakeAI, make_ai: MakeAI) -> None:
+    ai = make_ai(env={})
     with pytest.raises(MissingKeyError) as caught:
         await ai.generate_text("x", provider="anthropic")
     assert "ANTHROPIC_API_KEY" in str(caught.value)
     assert "chatterfix keys set anthropic" in str(caught.value)
     assert fake.requests == []
-    ai = make_service(fake.url, tmp_path, env={}, fallbacks=["local"])
+    ai = make_ai(env={}, fallbacks=["local"])
     assert (await ai.generate_text("P-101 vibration", provider="openai")).result.provider == "local"
 
 
-async def test_every_provider_failing_lists_them_all(fake: FakeAI, tmp_path: Path) -> None:
+async def test_every_provider_failing_lists_them_all(make_ai: MakeAI) -> None:
     events = EventBus()
-    ai = make_service(fake.url, tmp_path, env={}, fallbacks=["anthropic", "xai"], events=events)
+    ai = make_ai(env={}, fallbacks=["anthropic", "xai"], events=events)
     with pytest.raises(AllProvidersFailed) as caught:
         await ai.generate_text("x", provider="openai")
     assert [e.provider for e in caught.value.errors] == ["openai", "anthropic", "xai"]
@@ -78,8 +67,10 @@ async def test_every_provider_failing_lists_them_all(fake: FakeAI, tmp_path: Pat
     assert event.data["error_kind"] == "missing_key"
 
 
-async def test_key_order_explicit_then_file_then_environment(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path, env={"OPENAI_API_KEY": "sk-from-env"})
+async def test_key_order_explicit_then_file_then_environment(
+    fake: FakeAI, make_ai: MakeAI, tmp_path: Path
+) -> None:
+    ai = make_ai(env={"OPENAI_API_KEY": "sk-from-env"})
     await ai.generate_text("x", provider="openai")
     KeyStore(tmp_path / "ai-keys.json").set("openai", "sk-from-file")
     await ai.generate_text("x", provider="openai")
@@ -90,15 +81,14 @@ async def test_key_order_explicit_then_file_then_environment(fake: FakeAI, tmp_p
         "Bearer sk-explicit",
     ]
     assert stat.S_IMODE(os.stat(tmp_path / "ai-keys.json").st_mode) == 0o600
-    await ai.aclose()
 
 
 async def test_keys_never_appear_in_logs_errors_records_or_events(
-    fake: FakeAI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fake: FakeAI, make_ai: MakeAI, caplog: pytest.LogCaptureFixture
 ) -> None:
     key = "sk-proj-Zq81xVv0AbCdEfGh4567IjKl"
     events = EventBus()
-    ai = make_service(fake.url, tmp_path, env={"OPENAI_API_KEY": key}, attempts=1, events=events)
+    ai = make_ai(env={"OPENAI_API_KEY": key}, attempts=1, events=events)
     fake.queue(
         "/v1/chat/completions",
         Scripted(
@@ -141,8 +131,7 @@ def test_secret_hides_itself() -> None:
     assert secret.reveal() == "sk-very-secret-value"
 
 
-async def test_model_work_order_is_validated(fake: FakeAI, tmp_path: Path, caplog: Any) -> None:
-    ai = make_service(fake.url, tmp_path)
+async def test_model_work_order_is_validated(fake: FakeAI, ai: AIService, caplog: Any) -> None:
     draft = {
         "title": "Replace seal on P-101",
         "description": "Oil leaking at the shaft.",
@@ -189,11 +178,9 @@ async def test_model_work_order_is_validated(fake: FakeAI, tmp_path: Path, caplo
         assert fallback.asset_tags == ("P-101",) and fallback.priority == "high"
         assert fallback.action == "replace" and fallback.location == "Building 3"
     assert caplog.text.count("the rule engine's answer is used") == 2
-    await ai.aclose()
 
 
-async def test_voice_result_says_who_drafted(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path)
+async def test_voice_result_says_who_drafted(ai: AIService) -> None:
     result = await ai.process_voice_to_text(voice_text="Create work order for pump maintenance")
     assert (result.provider, result.source) == ("local", "rules")
     assert result.work_order.asset_type == "pump" and result.work_order.action == "service"
@@ -211,8 +198,8 @@ async def test_local_cannot_see_images_without_a_description(tmp_path: Path) -> 
     assert findings.provider == "local" and "corrosion observed" in findings.findings
 
 
-async def test_embeddings_never_fall_back(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path, env={}, fallbacks=["local"])
+async def test_embeddings_never_fall_back(make_ai: MakeAI) -> None:
+    ai = make_ai(env={}, fallbacks=["local"])
     with pytest.raises(MissingKeyError):
         await ai.embed(["x"], provider="openai")
     assert len((await ai.embed("x"))[0]) == 256
@@ -280,10 +267,8 @@ async def test_platform_service_without_builtins_has_local_and_closes_clients(
     assert client.is_closed
 
 
-async def test_config_change_rebuilds_the_builtin_providers(fake: FakeAI, tmp_path: Path) -> None:
-    ai = make_service(fake.url, tmp_path)
+async def test_config_change_rebuilds_the_builtin_providers(fake: FakeAI, ai: AIService) -> None:
     await ai.generate_text("x", provider="openai")
     ai.config.set("ai.providers.openai.model", "gpt-4.1")
     await ai.generate_text("x", provider="openai")
     assert [r.json["model"] for r in fake.requests] == ["gpt-4o-mini", "gpt-4.1"]
-    await ai.aclose()

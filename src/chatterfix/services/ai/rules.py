@@ -16,11 +16,13 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from chatterfix.services.ai.types import PRIORITIES, ConditionFindings, WorkOrderDraft
+
+T = TypeVar("T")
 
 # -- vocabulary ----------------------------------------------------------------------------
 
@@ -523,20 +525,9 @@ def analyze_text(text: str) -> TextAnalysis:
     for pattern, level in _URGENCY:
         for match in pattern.finditer(lowered):
             if not _negated(lowered, match.start()):
-                if urgency is None or PRIORITIES.index(level) > PRIORITIES.index(urgency):
-                    urgency = level
+                urgency = level if urgency is None else _higher(urgency, level)
                 break
     # "low priority" only counts when nothing asks for more.
-    due: int | None = None
-    for pattern, hours in _DUE:
-        if pattern.search(lowered):
-            due = hours
-            break
-    action: str | None = None
-    for pattern, name in _ACTIONS:
-        if pattern.search(lowered):
-            action = name
-            break
     category = _TYPE_CATEGORY.get(asset_type or "", "general")
     return TextAnalysis(
         text=text,
@@ -548,9 +539,23 @@ def analyze_text(text: str) -> TextAnalysis:
         severe=bool(_SEVERE.search(lowered)),
         mild=bool(_MILD.search(lowered)),
         location=_location(text),
-        due_within_hours=due,
-        action=action,
+        due_within_hours=_first(_DUE, lowered),
+        action=_first(_ACTIONS, lowered),
     )
+
+
+def _first(table: Iterable[tuple[re.Pattern[str], T]], text: str) -> T | None:
+    """The value of the first pattern in ``table`` that ``text`` matches: tables are in
+    order of precedence."""
+    for pattern, value in table:
+        if pattern.search(text):
+            return value
+    return None
+
+
+def _higher(priority: str, other: str) -> str:
+    """The more pressing of two priorities."""
+    return max(priority, other, key=PRIORITIES.index)
 
 
 def _raise(priority: str, steps: int = 1) -> str:
@@ -561,8 +566,7 @@ def priority_for(analysis: TextAnalysis) -> str:
     """The priority the words call for: symptoms, then urgency words, severity and deadline."""
     level = "low"
     for symptom in analysis.symptoms:
-        if PRIORITIES.index(symptom.priority) > PRIORITIES.index(level):
-            level = symptom.priority
+        level = _higher(level, symptom.priority)
     if analysis.symptoms and analysis.severe and level != "critical":
         level = _raise(level)
     # "slight", "minor": one mild symptom is less pressing (two symptoms are not mild).
@@ -572,8 +576,8 @@ def priority_for(analysis: TextAnalysis) -> str:
     if analysis.urgency is not None:
         if analysis.urgency == "low" and level != "critical":
             level = "low" if not analysis.severe else level
-        elif PRIORITIES.index(analysis.urgency) > PRIORITIES.index(level):
-            level = analysis.urgency
+        else:
+            level = _higher(level, analysis.urgency)
     if not analysis.symptoms and analysis.urgency is None:
         level = "medium" if analysis.action in ("repair", "replace") else "low"
     return level
@@ -809,8 +813,7 @@ def assess_condition(
 
     def worse(level: str) -> None:
         nonlocal priority
-        if PRIORITIES.index(level) > PRIORITIES.index(priority):
-            priority = level
+        priority = _higher(priority, level)
 
     # Age.
     age = _number(data.get("age_years"))

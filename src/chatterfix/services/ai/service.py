@@ -704,27 +704,22 @@ class AIService:
                 )
             prompt = structured.findings_prompt(analysis_type, image_description, asset)
             images = (Image(image, media_type),) if image is not None else ()
-            request = CompletionRequest(
-                [
-                    Message("system", structured.FINDINGS_INSTRUCTIONS),
-                    Message("user", prompt, images),
-                ],
-                model=model_id,
-                json_mode=True,
-                temperature=0,
-            )
-            result: CompletionResult = await p.complete(request, key)
-            try:
-                findings = structured.parse_findings(
+
+            def parse(result: CompletionResult) -> ConditionFindings:
+                return structured.parse_findings(
                     result.text, provider=p.name, model=result.model, analysis_type=analysis_type
                 )
-            except ValueError as exc:
-                self._invalid_output("condition findings", p.name, exc)
+
+            def by_rules(result: CompletionResult) -> ConditionFindings:
                 observed = " ".join(x for x in (image_description, result.text) if x)
-                findings = rules.assess_condition(
+                return rules.assess_condition(
                     asset, observed, as_of=self._as_of, analysis_type=analysis_type
                 )
-            return _Outcome(findings, result.usage, result.model)
+
+            request = _json_request(
+                structured.FINDINGS_INSTRUCTIONS, Message("user", prompt, images), model_id
+            )
+            return await self._ask_json(p, key, request, "condition findings", parse, by_rules)
 
         found, _ = await self._run(analysis_type, chain, CHAT, call, api_key=api_key)
         findings: ConditionFindings = found
@@ -771,22 +766,17 @@ class AIService:
         async def call(p: Any, model_id: str, key: Secret | None) -> _Outcome:
             if isinstance(p, LocalProvider):
                 return _Outcome((rules.draft_work_order(text), p.name, "rules"), model="rules")
-            request = CompletionRequest(
-                [
-                    Message("system", structured.WORK_ORDER_INSTRUCTIONS),
-                    Message("user", text),
-                ],
-                model=model_id,
-                json_mode=True,
-                temperature=0,
+
+            def parse(result: CompletionResult) -> tuple[WorkOrderDraft, str, str]:
+                return structured.parse_work_order(result.text), p.name, "model"
+
+            def by_rules(result: CompletionResult) -> tuple[WorkOrderDraft, str, str]:
+                return rules.draft_work_order(text), p.name, "rules"
+
+            request = _json_request(
+                structured.WORK_ORDER_INSTRUCTIONS, Message("user", text), model_id
             )
-            result: CompletionResult = await p.complete(request, key)
-            try:
-                made = (structured.parse_work_order(result.text), p.name, "model")
-            except ValueError as exc:
-                self._invalid_output("work-order draft", p.name, exc)
-                made = (rules.draft_work_order(text), p.name, "rules")
-            return _Outcome(made, result.usage, result.model)
+            return await self._ask_json(p, key, request, "work-order draft", parse, by_rules)
 
         value, _ = await self._run("work_order_draft", chain, CHAT, call, api_key=api_key)
         made: tuple[WorkOrderDraft, str, str] = value
@@ -828,10 +818,29 @@ class AIService:
             source=how,
         )
 
-    def _invalid_output(self, what: str, provider: str, exc: ValueError) -> None:
-        logger.warning(
-            "%s from %s is not valid (%s): the rule engine's answer is used", what, provider, exc
-        )
+    async def _ask_json(
+        self,
+        provider: Any,
+        key: Secret | None,
+        request: CompletionRequest,
+        what: str,
+        parse: Callable[[CompletionResult], T],
+        by_rules: Callable[[CompletionResult], T],
+    ) -> _Outcome:
+        """The model's answer to ``request``, parsed; when it does not parse, the rule
+        engine's answer instead, so a weak model still gives a valid result."""
+        result: CompletionResult = await provider.complete(request, key)
+        try:
+            value = parse(result)
+        except ValueError as exc:
+            logger.warning(
+                "%s from %s is not valid (%s): the rule engine's answer is used",
+                what,
+                provider.name,
+                exc,
+            )
+            value = by_rules(result)
+        return _Outcome(value, result.usage, result.model)
 
     # -- embeddings ----------------------------------------------------------------------
 
@@ -876,6 +885,13 @@ class AIService:
                 await close()
             except Exception:
                 logger.exception("closing AI provider %r failed", getattr(provider, "name", "?"))
+
+
+def _json_request(instructions: str, user: Message, model: str) -> CompletionRequest:
+    """A request for one JSON object; temperature 0, so the same words give the same answer."""
+    return CompletionRequest(
+        [Message("system", instructions), user], model=model, json_mode=True, temperature=0
+    )
 
 
 async def _close(chunks: Any) -> None:

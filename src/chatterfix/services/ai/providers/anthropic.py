@@ -4,12 +4,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from chatterfix.services.ai.errors import INVALID_OUTPUT, SERVER, ProviderError, redact
-from chatterfix.services.ai.providers.base import HTTPProvider, usage_int
+from chatterfix.services.ai.providers.base import (
+    HTTPProvider,
+    stream_done,
+    usage_from,
+    usage_int,
+)
 from chatterfix.services.ai.types import (
     CHAT,
     STREAM,
@@ -100,9 +103,7 @@ class AnthropicProvider(HTTPProvider):
             text=text,
             provider=self.name,
             model=str(payload.get("model") or body["model"]),
-            usage=Usage(
-                usage_int(usage.get("input_tokens")), usage_int(usage.get("output_tokens"))
-            ),
+            usage=usage_from(usage, "input_tokens", "output_tokens"),
             finish_reason=FINISH.get(stop, stop),
         )
 
@@ -114,10 +115,7 @@ class AnthropicProvider(HTTPProvider):
         input_tokens = output_tokens = 0
         finish: str | None = None
         async for event, data in self.stream_events("/messages", body, key):
-            try:
-                payload = json.loads(data)
-            except ValueError:
-                raise self.malformed(data, key) from None
+            payload = self.event_json(data, key)
             kind = payload.get("type", event) if isinstance(payload, dict) else event
             if kind == "message_start":
                 message = payload.get("message") or {}
@@ -135,28 +133,5 @@ class AnthropicProvider(HTTPProvider):
             elif kind == "message_stop":
                 break
             elif kind == "error":
-                message, _ = self.error_message(payload)
-                raise ProviderError(
-                    redact(f"{self.name} stream failed: {message}", _raw(key)),
-                    kind=SERVER,
-                    provider=self.name,
-                )
-        yield StreamChunk(
-            "",
-            provider=self.name,
-            model=model,
-            finish_reason=finish or "stop",
-            usage=Usage(input_tokens, output_tokens),
-        )
-
-    def malformed(self, payload: Any, key: Secret | None) -> ProviderError:
-        shown = payload if isinstance(payload, str) else json.dumps(payload)[:200]
-        return ProviderError(
-            redact(f"{self.name} answered in an unexpected shape: {shown}", _raw(key)),
-            kind=INVALID_OUTPUT,
-            provider=self.name,
-        )
-
-
-def _raw(key: Secret | None) -> str | None:
-    return key.reveal() if key is not None else None
+                raise self.stream_failed(payload, key)
+        yield stream_done(self.name, model, finish, Usage(input_tokens, output_tokens))

@@ -34,13 +34,20 @@ from chatterfix.services.ai.errors import (
     CONNECTION,
     CONTEXT_WINDOW,
     INVALID_OUTPUT,
+    SERVER,
     TIMEOUT,
     ProviderError,
     kind_for_status,
     looks_like_context_window,
     redact,
 )
-from chatterfix.services.ai.types import CHAT, CompletionRequest, CompletionResult, StreamChunk
+from chatterfix.services.ai.types import (
+    CHAT,
+    CompletionRequest,
+    CompletionResult,
+    StreamChunk,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from chatterfix.services.ai.keys import Secret
@@ -134,15 +141,7 @@ class HTTPProvider:
     # -- requests ----------------------------------------------------------------------------
 
     async def post_json(self, path: str, body: Mapping[str, Any], key: Secret | None) -> Any:
-        try:
-            response = await self.client.post(
-                self.base_url + path, json=body, headers=self.auth_headers(key)
-            )
-        except httpx.HTTPError as exc:
-            raise self.transport_error(exc, key) from None
-        if response.status_code >= 400:
-            raise self.status_error(response, response.content, key)
-        return self.decode(response.content, key)
+        return await self.post(path, key, json=body)
 
     async def post_form(
         self,
@@ -151,12 +150,14 @@ class HTTPProvider:
         files: Mapping[str, tuple[str, bytes, str]],
         key: Secret | None,
     ) -> Any:
+        return await self.post(path, key, data=dict(data), files=dict(files))
+
+    async def post(self, path: str, key: Secret | None, **content: Any) -> Any:
+        """POST ``content`` (httpx's ``json``, ``data``, ``files``) and decode the JSON answer;
+        transport errors and error statuses become :class:`ProviderError`."""
         try:
             response = await self.client.post(
-                self.base_url + path,
-                data=dict(data),
-                files=dict(files),
-                headers=self.auth_headers(key),
+                self.base_url + path, headers=self.auth_headers(key), **content
             )
         except httpx.HTTPError as exc:
             raise self.transport_error(exc, key) from None
@@ -207,6 +208,31 @@ class HTTPProvider:
                 kind=INVALID_OUTPUT,
                 provider=self.name,
             ) from None
+
+    def event_json(self, data: str, key: Secret | None) -> Any:
+        """The JSON payload of one server-sent event."""
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise self.malformed(data, key) from None
+
+    def malformed(self, payload: Any, key: Secret | None) -> ProviderError:
+        """An answer that parsed but is not in the shape the provider documents."""
+        shown = payload if isinstance(payload, str) else json.dumps(payload)[:200]
+        return ProviderError(
+            redact(f"{self.name} answered in an unexpected shape: {shown}", _raw(key)),
+            kind=INVALID_OUTPUT,
+            provider=self.name,
+        )
+
+    def stream_failed(self, payload: Any, key: Secret | None) -> ProviderError:
+        """An error event inside a stream: the status was 200, so the error is the server's."""
+        message, _ = self.error_message(payload)
+        return ProviderError(
+            redact(f"{self.name} stream failed: {message}", _raw(key)),
+            kind=SERVER,
+            provider=self.name,
+        )
 
     def transport_error(self, exc: httpx.HTTPError, key: Secret | None) -> ProviderError:
         kind = TIMEOUT if isinstance(exc, httpx.TimeoutException) else CONNECTION
@@ -265,6 +291,11 @@ def text_of(parts: Sequence[Any]) -> str:
 
 def usage_int(value: Any) -> int:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def usage_from(raw: Any, input_field: str, output_field: str) -> Usage:
+    """Token counts from a provider's usage object, under that provider's field names."""
+    return Usage(usage_int(raw.get(input_field)), usage_int(raw.get(output_field)))
 
 
 def stream_done(provider: str, model: str, finish: str | None, usage: Any) -> StreamChunk:

@@ -9,6 +9,7 @@ from datetime import date
 from typing import TYPE_CHECKING
 
 from chatterfix.services.ai import rules
+from chatterfix.services.ai.providers.base import stream_done
 from chatterfix.services.ai.types import (
     CHAT,
     EMBEDDINGS,
@@ -28,6 +29,10 @@ _PIECES = re.compile(r"\S+\s*|\s+")
 def count_tokens(text: str) -> int:
     """A rough token count (words and punctuation), for usage figures."""
     return len(re.findall(r"\w+|[^\w\s]", text))
+
+
+def _usage(request: CompletionRequest, answer: str) -> Usage:
+    return Usage(count_tokens(request.prompt), count_tokens(answer))
 
 
 class LocalProvider:
@@ -62,7 +67,7 @@ class LocalProvider:
             text=text,
             provider=self.name,
             model=request.model or self.default_model,
-            usage=Usage(count_tokens(request.prompt), count_tokens(text)),
+            usage=_usage(request, text),
         )
 
     async def stream(
@@ -72,13 +77,7 @@ class LocalProvider:
         model = request.model or self.default_model
         for piece in _PIECES.findall(text):
             yield StreamChunk(piece, provider=self.name, model=model)
-        yield StreamChunk(
-            "",
-            provider=self.name,
-            model=model,
-            finish_reason="stop",
-            usage=Usage(count_tokens(request.prompt), count_tokens(text)),
-        )
+        yield stream_done(self.name, model, "stop", _usage(request, text))
 
     async def embed(
         self, texts: Sequence[str], model: str | None, key: Secret | None

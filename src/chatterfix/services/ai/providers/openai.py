@@ -7,12 +7,10 @@ with ``Authorization: Bearer <key>``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from chatterfix.services.ai.errors import INVALID_OUTPUT, ProviderError, redact
-from chatterfix.services.ai.providers.base import HTTPProvider, usage_int
+from chatterfix.services.ai.providers.base import HTTPProvider, stream_done, usage_from
 from chatterfix.services.ai.types import (
     CHAT,
     EMBEDDINGS,
@@ -98,9 +96,7 @@ class OpenAIProvider(HTTPProvider):
             text=text,
             provider=self.name,
             model=str(payload.get("model") or body["model"]),
-            usage=Usage(
-                usage_int(usage.get("prompt_tokens")), usage_int(usage.get("completion_tokens"))
-            ),
+            usage=usage_from(usage, "prompt_tokens", "completion_tokens"),
             finish_reason=str(finish),
         )
 
@@ -114,23 +110,12 @@ class OpenAIProvider(HTTPProvider):
         async for _, data in self.stream_events("/chat/completions", body, key):
             if data.strip() == "[DONE]":
                 break
-            try:
-                payload = json.loads(data)
-            except ValueError:
-                raise self.malformed(data, key) from None
+            payload = self.event_json(data, key)
             if isinstance(payload, dict) and "error" in payload:
-                message, _ = self.error_message(payload)
-                raise ProviderError(
-                    redact(f"{self.name} stream failed: {message}", _raw(key)),
-                    kind="server",
-                    provider=self.name,
-                )
+                raise self.stream_failed(payload, key)
             model = str(payload.get("model") or model)
             if payload.get("usage"):
-                raw = payload["usage"]
-                usage = Usage(
-                    usage_int(raw.get("prompt_tokens")), usage_int(raw.get("completion_tokens"))
-                )
+                usage = usage_from(payload["usage"], "prompt_tokens", "completion_tokens")
             for choice in payload.get("choices") or ():
                 delta = choice.get("delta") or {}
                 text = delta.get("content")
@@ -138,9 +123,7 @@ class OpenAIProvider(HTTPProvider):
                     yield StreamChunk(text, provider=self.name, model=model)
                 if choice.get("finish_reason"):
                     finish = str(choice["finish_reason"])
-        yield StreamChunk(
-            "", provider=self.name, model=model, finish_reason=finish or "stop", usage=usage
-        )
+        yield stream_done(self.name, model, finish, usage)
 
     async def embed(
         self, texts: Sequence[str], model: str | None, key: Secret | None
@@ -171,15 +154,3 @@ class OpenAIProvider(HTTPProvider):
         if not isinstance(text, str):
             raise self.malformed(payload, key)
         return text
-
-    def malformed(self, payload: Any, key: Secret | None) -> ProviderError:
-        shown = payload if isinstance(payload, str) else json.dumps(payload)[:200]
-        return ProviderError(
-            redact(f"{self.name} answered in an unexpected shape: {shown}", _raw(key)),
-            kind=INVALID_OUTPUT,
-            provider=self.name,
-        )
-
-
-def _raw(key: Secret | None) -> str | None:
-    return key.reveal() if key is not None else None
