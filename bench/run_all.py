@@ -29,6 +29,7 @@ BENCHMARKS = (
     "auth_overhead",
     "ai_overhead",
     "create_app",
+    "proxy",
 )
 RESULTS = BENCH_DIR / "results.json"
 TIMEOUT_S = 600

@@ -150,3 +150,40 @@ def fast_discovery(**overrides: Any) -> dict[str, Any]:
     }
     settings.update(overrides)
     return {"discovery": settings}
+
+
+@contextlib.contextmanager
+def chatterfix_start(cwd: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``python -m chatterfix start`` on a free port until /health answers."""
+    port = free_port()
+    log = cwd / f"gateway-{port}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chatterfix", "start", "--port", str(port), *args],
+            cwd=cwd,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"gateway exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"gateway did not answer within 60 s:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield url, process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -14,7 +14,14 @@ import httpx
 import pytest
 
 from chatterfix import Platform, ServiceEndpoint, SystemEvents
-from tests.proxy_support import Upstream, eventually, fast_discovery, served, upstreams
+from tests.proxy_support import (
+    Upstream,
+    chatterfix_start,
+    eventually,
+    fast_discovery,
+    served,
+    upstreams,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -324,3 +331,36 @@ def collections_counter(results: list[tuple[int, str]]) -> dict[tuple[int, str],
     import collections
 
     return dict(collections.Counter(results))
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.slow
+def test_a_large_download_streams_through_chatterfix_start_in_bounded_memory(
+    tmp_path: Path, make_folder_plugin: Any
+) -> None:
+    """A real ``chatterfix start`` with a remote app from its plugins folder: 256 MiB go
+    through it while its memory stays flat (the benchmark streams 1 GiB)."""
+    size = 256 << 20
+    with upstreams(tmp_path, "big") as (upstream,):
+        folder = make_folder_plugin(
+            "files", code=None, manifest={"name": "files", "url": upstream.url}
+        )
+        with chatterfix_start(tmp_path, "--plugins-dir", str(folder)) as (url, process):
+            with httpx.stream("GET", f"{url}/api/files/bytes?n={8 << 20}") as warm:
+                for _ in warm.iter_raw():
+                    pass
+            before = peak = rss_kib(process.pid)
+            received = 0
+            with httpx.stream("GET", f"{url}/api/files/bytes?n={size}") as response:
+                assert response.status_code == 200
+                for chunk in response.iter_raw(1 << 20):
+                    received += len(chunk)
+                    peak = max(peak, rss_kib(process.pid))
+    assert received == size
+    assert (peak - before) / 1024 < 30, f"RSS grew by {(peak - before) / 1024:.1f} MiB"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import urllib.parse
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -177,9 +178,15 @@ class Instance:
                 round(max(0.0, self.expires_at - now), 3) if self.expires_at is not None else None
             ),
             "reason": self.reason,
-            "last_check": self.last_check,
+            "last_check": _iso(self.last_check),
             "last_check_error": self.last_check_error,
         }
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
 
 
 def instance_from(data: dict[str, Any], window: int) -> Instance:
