@@ -8,8 +8,10 @@ one token, and is refused with ``429`` when less than one is left. A client is i
 
 The headers follow draft-ietf-httpapi-ratelimit-headers-06 (the last revision with separate
 fields): ``RateLimit-Limit``, ``RateLimit-Remaining``, ``RateLimit-Reset`` (seconds until
-the bucket is full again) and ``RateLimit-Policy`` on every limited response, and
-``Retry-After`` (seconds until a token is back) on a ``429``.
+the bucket is full again) on every limited response, and ``RateLimit-Policy`` and
+``Retry-After`` (seconds until a token is back) on a ``429`` as well. (Each header costs
+the server about a microsecond to write: the policy, which never changes, is left to the
+refusals that it explains.)
 """
 
 from __future__ import annotations
@@ -22,15 +24,17 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatterfix.gateway.errors import error_response
+from chatterfix.gateway.routing import RESPONSE_HEADERS
 from chatterfix.route_options import Limit
 
 logger = logging.getLogger("chatterfix.gateway")
 
 _AUTHORIZATION = b"authorization"
 _BEARER = b"bearer "
+TOKEN_KEYS_KEPT = 10_000
 Clock = Callable[[], float]
 
 
@@ -226,27 +230,33 @@ class RateLimiter:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        # Bearer value -> its client key: a digest per request costs more than a lookup.
+        self._token_keys: dict[bytes, str] = {}
+
+    def client_key(self, scope: Scope) -> str:
+        """Who a request counts against: the authenticated user, the bearer token
+        (digested: tokens are never kept), else the client's address."""
+        state = scope.get("state")
+        if state:
+            user = state.get("user")
+            if user is not None:
+                return f"user:{user.id}"
+        for name, value in scope["headers"]:
+            if name == _AUTHORIZATION:
+                if value[:7].lower() == _BEARER:
+                    key = self._token_keys.get(value)
+                    if key is None:
+                        if len(self._token_keys) >= TOKEN_KEYS_KEPT:
+                            self._token_keys.clear()
+                        digest = hashlib.blake2b(value[7:].strip(), digest_size=12).hexdigest()
+                        key = self._token_keys[value] = f"token:{digest}"
+                    return key
+                break
+        client = scope.get("client")
+        return f"ip:{client[0]}" if client else "ip:unknown"
 
     async def aclose(self) -> None:
         await self.backend.aclose()
-
-
-def client_key(scope: Scope) -> str:
-    """Who a request counts against: the authenticated user, the bearer token (digested),
-    else the client's address."""
-    state = scope.get("state")
-    if state:
-        user = state.get("user")
-        if user is not None:
-            return f"user:{user.id}"
-    for name, value in scope["headers"]:
-        if name == _AUTHORIZATION:
-            if value[:7].lower() == _BEARER:
-                digest = hashlib.blake2b(value[7:].strip(), digest_size=12).hexdigest()
-                return f"token:{digest}"
-            break
-    client = scope.get("client")
-    return f"ip:{client[0]}" if client else "ip:unknown"
 
 
 class RateLimit:
@@ -279,7 +289,13 @@ class RateLimit:
         if limit is None:
             await self.app(scope, receive, send)
             return
-        decision = await self.limiter.backend.hit(f"{bucket}:{client_key(scope)}", limit)
+        limiter = self.limiter
+        key = f"{bucket}:{limiter.client_key(scope)}"
+        backend = limiter.backend
+        if type(backend) is MemoryBackend:  # no coroutine for what never waits
+            decision = backend.take(key, limit)
+        else:
+            decision = await backend.hit(key, limit)
         fixed = self._fixed.get(id(limit))
         if fixed is None:
             fixed = self._fixed[id(limit)] = (
@@ -290,9 +306,9 @@ class RateLimit:
             fixed[0],
             (b"ratelimit-remaining", str(decision.remaining).encode()),
             (b"ratelimit-reset", str(decision.reset).encode()),
-            fixed[1],
         ]
         if not decision.allowed:
+            headers.append(fixed[1])  # the policy, where it explains a refusal
             wait = str(decision.retry_after)
             response = error_response(
                 429,
@@ -306,9 +322,6 @@ class RateLimit:
             await response(scope, receive, send)
             return
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *headers]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        # The routing layer adds them to the response (see RESPONSE_HEADERS).
+        scope[RESPONSE_HEADERS] = headers
+        await self.app(scope, receive, send)

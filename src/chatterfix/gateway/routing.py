@@ -37,6 +37,9 @@ access_logger = logging.getLogger(ACCESS_LOGGER)
 
 REQUEST_ID_HEADER = b"x-request-id"
 UNMATCHED = "<unmatched>"  # the metrics' route label for requests no route matched
+# Headers a stage wants on the response (the rate limit's): this layer adds them when it
+# adds X-Request-ID, which saves each stage a send wrapper of its own.
+RESPONSE_HEADERS = "chatterfix.response_headers"
 _VALID_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -136,7 +139,11 @@ class Routing:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                extra = scope.get(RESPONSE_HEADERS)
+                if extra:
+                    message["headers"] = [*message.get("headers", ()), header, *extra]
+                else:
+                    message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
         self.in_flight += 1
