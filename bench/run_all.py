@@ -30,6 +30,7 @@ BENCHMARKS = (
     "ai_overhead",
     "create_app",
     "proxy",
+    "pipeline",
 )
 RESULTS = BENCH_DIR / "results.json"
 TIMEOUT_S = 600
@@ -188,6 +189,19 @@ def summary_rows(results: dict[str, Any]) -> list[list[object]]:
                     "met" if total < 10 else "MISSED",
                 ]
             )
+    if "pipeline" in results:
+        r = results["pipeline"]
+        full, bare = r["best"]["gateway, full pipeline"], r["best"]["bare"]
+        rows.append(
+            [
+                "plugin route req/s, full default pipeline",
+                f"{full['rps']:.0f} (p99 {full['p99_s'] * 1000:.1f} ms)",
+                f"{bare['rps']:.0f} (bare Starlette, p99 {bare['p99_s'] * 1000:.1f} ms)",
+                f"{r['ratio']:.2f}",
+                ">= 0.7",
+                "met" if r["target"]["met"] else "MISSED",
+            ]
+        )
     return rows
 
 

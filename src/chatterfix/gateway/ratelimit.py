@@ -150,27 +150,52 @@ return {allowed, tostring(tokens)}
 """
 
 
+class _Hit:
+    """One request's check, on its way to Redis with others."""
+
+    __slots__ = ("key", "limit", "reply")
+
+    def __init__(self, key: str, limit: Limit) -> None:
+        self.key = key
+        self.limit = limit
+        self.reply: Any = None
+
+
 class RedisBackend:
     """Buckets in Redis, shared by every gateway replica using the same ``url`` and
-    ``prefix``. Each request is one round trip running :data:`TOKEN_BUCKET_LUA`.
+    ``prefix``; each check runs :data:`TOKEN_BUCKET_LUA`.
 
-    When Redis cannot be reached the request is let through (failing open: a rate limiter
-    must not take the gateway down with it) and a warning is logged, at most every
-    ``warn_every`` seconds.
+    Checks are grouped: those arriving while a round trip is on its way go together in the
+    next one, as one pipeline (redis-py spends some 60 µs of CPU on a lone command, some
+    15 µs on each command of a pipeline). A lone request still pays one round trip only.
+
+    When Redis cannot be reached, or does not answer within ``timeout`` seconds, requests
+    are let through (failing open: a rate limiter must not take the gateway down with it)
+    and a warning is logged, at most every ``warn_every`` seconds.
     """
 
     name = "redis"
 
     def __init__(
-        self, url: str, prefix: str = "chatterfix:ratelimit", *, warn_every: float = 10.0
+        self,
+        url: str,
+        prefix: str = "chatterfix:ratelimit",
+        *,
+        warn_every: float = 10.0,
+        timeout: float = 2.0,
     ) -> None:
+        from chatterfix.events.transports import PublishBatcher
+
         self.url = url
         self.prefix = prefix
         self.warn_every = warn_every
         self._client: Any = None
-        self._script: Any = None
+        self._sha: str | None = None
         self._warned_at = -math.inf
         self.failures = 0
+        self._batcher = PublishBatcher(
+            self._run, describe=self._describe, max_batch=256, timeout=timeout
+        )
 
     def _connect(self) -> Any:
         try:
@@ -183,32 +208,56 @@ class RedisBackend:
                 "installed: pip install 'chatterfix[redis]'"
             ) from None
         self._client = redis.from_url(self.url, socket_timeout=2.0, socket_connect_timeout=2.0)
-        self._script = self._client.register_script(TOKEN_BUCKET_LUA)
-        return self._script
+        return self._client
+
+    async def _run(self, hits: list[_Hit]) -> None:
+        """One round trip for ``hits``: the script by its digest, loaded first when Redis
+        does not know it (a first use, a restarted or flushed Redis)."""
+        from redis.exceptions import NoScriptError
+
+        client = self._client or self._connect()
+        for attempt in (1, 2):
+            if self._sha is None:
+                self._sha = await client.script_load(TOKEN_BUCKET_LUA)
+            pipeline = client.pipeline(transaction=False)
+            for hit in hits:
+                limit = hit.limit
+                pipeline.evalsha(
+                    self._sha, 1, f"{self.prefix}:{hit.key}", limit.count, repr(limit.rate)
+                )
+            try:
+                replies = await pipeline.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                self._sha = None
+                continue
+            for hit, reply in zip(hits, replies, strict=True):
+                hit.reply = reply
+            return
+
+    def _describe(self, exc: BaseException) -> str:
+        return f"{type(exc).__name__}: {exc}"
 
     async def hit(self, key: str, limit: Limit) -> Decision:
-        script = self._script or self._connect()
+        from chatterfix.events.transports import TransportError
+
+        check = _Hit(key, limit)
         try:
-            allowed, tokens = await script(
-                keys=[f"{self.prefix}:{key}"], args=[limit.count, repr(limit.rate)]
-            )
-        except Exception as exc:  # any failure of Redis: let the request through
+            await self._batcher.publish(check)
+        except TransportError as exc:  # any failure of Redis: let the request through
             self.failures += 1
             now = time.monotonic()
             if now - self._warned_at >= self.warn_every:
                 self._warned_at = now
-                logger.warning(
-                    "rate limiting is off while Redis at %s fails: %s: %s",
-                    self.url,
-                    type(exc).__name__,
-                    exc,
-                )
+                logger.warning("rate limiting is off while Redis at %s fails: %s", self.url, exc)
             return Decision(True, limit.count, 0, 0)
+        allowed, tokens = check.reply
         left = float(tokens)
         return decide(limit, left) if int(allowed) else refuse(limit, left)
 
     async def aclose(self) -> None:
-        client, self._client, self._script = self._client, None, None
+        client, self._client, self._sha = self._client, None, None
         if client is not None:
             await client.aclose()
 
