@@ -423,6 +423,16 @@ def test_a_stage_listed_twice_is_refused() -> None:
         platform.asgi_app  # noqa: B018
 
 
+def test_an_unknown_rate_limit_backend_is_refused() -> None:
+    platform = Platform(
+        config={"gateway": {"rate_limit": {"backend": "mongodb://127.0.0.1"}}},
+        load_entrypoints=False,
+        builtins=False,
+    )
+    with pytest.raises(ConfigError, match="expected 'memory' or a redis:// URL"):
+        platform.asgi_app  # noqa: B018
+
+
 class Tagging:
     """Plugin middleware: adds a header, and refuses requests that ask it to."""
 

@@ -17,6 +17,7 @@ refusals that it explains.)
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import math
 import time
@@ -266,9 +267,15 @@ def backend_for(url: str, prefix: str) -> Backend:
     """The backend ``gateway.rate_limit.backend`` names: ``memory`` or a Redis URL."""
     if url in ("", "memory"):
         return MemoryBackend()
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisBackend(url, prefix)
     from chatterfix.config import ConfigError
+
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        if importlib.util.find_spec("redis") is None:  # say so at start, not per request
+            raise ConfigError(
+                f"gateway.rate_limit.backend = {url!r} needs the redis package: "
+                "pip install 'chatterfix[redis]'"
+            )
+        return RedisBackend(url, prefix)
 
     raise ConfigError(f"gateway.rate_limit.backend = {url!r}: expected 'memory' or a redis:// URL")
 
