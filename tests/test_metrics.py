@@ -94,6 +94,42 @@ async def test_requests_refused_before_routing_count_for_their_route(serve: Any)
     assert value(found, "chatterfix_http_requests_total", **route, status="429") == 2
 
 
+class Forwarding:
+    """Middleware answering /api/vision/... itself, marking the request with a pseudo-route
+    as the gateway's reverse proxy does."""
+
+    PLUGIN_MANIFEST = {"name": "forwarding"}
+
+    @hookimpl
+    def register_middleware(self) -> list[Any]:
+        from starlette.types import ASGIApp, Receive, Scope, Send
+
+        from chatterfix.gateway.proxy import ServiceRoute
+
+        class Forward:
+            def __init__(self, app: ASGIApp) -> None:
+                self.app = app
+
+            async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+                if scope["type"] == "http" and scope["path"].startswith("/api/vision/"):
+                    scope["route"] = ServiceRoute("vision", "/api/vision/{path:path}")
+                    await JSONResponse({"forwarded": True})(scope, receive, send)
+                    return
+                await self.app(scope, receive, send)
+
+        return [Forward]
+
+
+async def test_proxied_requests_count_for_their_service_route(serve: Any) -> None:
+    platform = platform_with(Forwarding())
+    async with serve(platform, admin=False) as client:
+        for path in ("/api/vision/a", "/api/vision/b/c"):
+            assert (await client.get(path)).json() == {"forwarded": True}
+        found = samples((await client.get("/metrics")).text)
+    route = {"route": "/api/vision/{path:path}", "method": "GET", "status": "200"}
+    assert value(found, "chatterfix_http_requests_total", **route) == 2
+
+
 async def test_plugin_states_and_event_counts(serve: Any) -> None:
     platform = platform_with(Stock(), Idle())
     async with serve(platform) as client:

@@ -168,7 +168,7 @@ class Routing:
                 if metrics is not None:
                     route = scope.get("route")
                     metrics.observe(
-                        self.route_labels.get(id(route), UNMATCHED)
+                        self.route_labels.get(id(route)) or _route_path(route)
                         if route is not None
                         else self._label_unrouted(scope, status),
                         scope["method"],
@@ -207,6 +207,13 @@ class Routing:
         if self._idle is None or self._idle.is_set():
             self._idle = anyio.Event()
         await self._idle.wait()
+
+
+def _route_path(route: Any) -> str:
+    """The template of a route this generation does not list: the pseudo-route the proxy
+    puts in the scope for a service (``/api/<service>/{path:path}``)."""
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) and path else UNMATCHED
 
 
 def _route_plugins(platform: Any) -> dict[int, str]:
