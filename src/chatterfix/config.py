@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 8000,
         "access_log": True,
+        "shutdown_grace": 30.0,
         "metrics": True,
         "middleware": ["body_limit", "cors", "rate_limit", "auth", "plugins"],
         "max_body_bytes": 16 * 1024 * 1024,
@@ -169,6 +170,7 @@ SECRET_MARKERS = ("password", "passwd", "secret", "token", "api_key", "apikey", 
 BUILTIN_SCHEMA: dict[str, dict[str, Any]] = {
     "platform.watch_interval": {"minimum": 0.01},
     "gateway.port": {"minimum": 1, "maximum": 65535},
+    "gateway.shutdown_grace": {"minimum": 0},
     "gateway.middleware": {
         "items": {"type": "string", "enum": ["body_limit", "cors", "rate_limit", "auth", "plugins"]}
     },

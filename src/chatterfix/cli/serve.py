@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +72,20 @@ def serve(options: ServeOptions) -> None:
         "log_config": None,
         "log_level": None,
         "access_log": False,
+        # On SIGTERM: stop accepting, let requests in flight finish for this long, then
+        # stop the platform (plugins' shutdown, upstream pools) and exit 0.
+        "timeout_graceful_shutdown": float(config.get("gateway.shutdown_grace")),
     }
     if options.reload:
         watched = [str(options.plugins_dir)] if options.plugins_dir else [os.getcwd()]
-        uvicorn.run(
-            "chatterfix.cli.serve:create_app",
-            factory=True,
-            reload=True,
-            reload_dirs=watched,
-            **settings,
-        )
+        with _clean_exit_on_sigterm():
+            uvicorn.run(
+                "chatterfix.cli.serve:create_app",
+                factory=True,
+                reload=True,
+                reload_dirs=watched,
+                **settings,
+            )
         return
     try:
         platform = Platform(config=config)
@@ -90,7 +97,27 @@ def serve(options: ServeOptions) -> None:
         f"[bold]ChatterFix[/bold] {platform.version}: {len(registry.records)} plugin(s), "
         f"{len(registry.load_errors)} load error(s); gateway on http://{host}:{port}"
     )
-    uvicorn.run(platform.asgi_app, lifespan="on", **settings)
+    with _clean_exit_on_sigterm():
+        uvicorn.run(platform.asgi_app, lifespan="on", **settings)
+
+
+@contextlib.contextmanager
+def _clean_exit_on_sigterm() -> Iterator[None]:
+    """Exit 0 after a graceful shutdown asked for by SIGTERM.
+
+    uvicorn handles SIGTERM itself while it serves, then raises the signal again once it has
+    shut down; without a handler of ours that would end the process with -15, which process
+    managers (Kubernetes, systemd) record as a failure.
+    """
+    previous = signal.signal(signal.SIGTERM, _exit_cleanly)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_cleanly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
 
 
 def bootstrap_admin(config: Any, console: Console) -> None:

@@ -25,7 +25,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatterfix.context import current_platform, current_request_id, current_scope, serving_routing
-from chatterfix.gateway.errors import internal_error
+from chatterfix.gateway.errors import error_response, internal_error
 from chatterfix.services.logging import ACCESS_LOGGER
 
 if TYPE_CHECKING:
@@ -163,6 +163,15 @@ class Routing:
             logger.exception("unhandled error in %s %s", scope.get("method"), scope["path"])
             if not status and scope["type"] == "http":
                 await internal_error()(scope, receive, send_with_id)
+        except anyio.get_cancelled_exc_class():
+            # The server cancels what outlasts its shutdown grace period: the client gets a
+            # JSON 503 saying so rather than the server's own plain-text 500.
+            if not status and scope["type"] == "http":
+                with anyio.CancelScope(shield=True):
+                    await error_response(503, "the gateway is shutting down", "shutting_down")(
+                        scope, receive, send_with_id
+                    )
+            raise
         finally:
             if scope["type"] == "http":
                 if metrics is not None:
