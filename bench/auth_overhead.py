@@ -29,30 +29,35 @@ alternating order; the best run per server is kept.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from _common import (
+    COMPARISON_HEADERS,
     HOST,
+    add_wrk_options,
     arg_parser,
+    chatterfix_start,
     clean_env,
+    comparison_row,
+    cpu_ratio,
+    create_api_token,
     free_port,
-    have,
     machine_info,
     pinned,
     print_table,
     ratio,
+    require_chatterfix,
+    require_tools,
+    round_line,
+    run_wrk_with_cpu,
     start_process,
     stop_process,
-    venv_bin,
     wait_for_200,
     write_json,
 )
-from gateway_rps import parse_wrk, process_cpu_s
 
 TARGET_RATIO = 0.85
 SERVER_CPU = 0
@@ -102,17 +107,7 @@ def prepare(root: Path) -> tuple[Path, Path, str]:
     (plugins / "benchauth" / "plugin.json").write_text(json.dumps(PLUGIN_MANIFEST))
     (plugins / "benchauth" / "main.py").write_text(PLUGIN_CODE)
     data = root / "data"
-    env = clean_env(CHATTERFIX_DATA_DIR=str(data))
-    chatterfix = str(venv_bin("chatterfix"))
-    for args in (["users", "create", "bench", "--role", "admin"], ["users", "token", "bench"]):
-        proc = subprocess.run(
-            [chatterfix, *args], cwd=root, env=env, capture_output=True, text=True, timeout=60
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"chatterfix {' '.join(args)} failed:\n{proc.stderr}")
-    token = proc.stdout.strip().splitlines()[-1]
-    if not token.startswith("cfx_"):
-        raise RuntimeError(f"unexpected output of chatterfix users token: {proc.stdout!r}")
+    token = create_api_token(root, data)
     return plugins, data, token
 
 
@@ -129,38 +124,13 @@ def request(port: int, path: str, token: str | None) -> tuple[int, Any]:
         conn.close()
 
 
-def run_wrk(
-    port: int, path: str, token: str | None, duration: str, connections: int
-) -> dict[str, Any]:
-    header = ["-H", f"Authorization: Bearer {token}"] if token else []
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}", "--latency", *header]
-    proc = subprocess.run(
-        pinned([*cmd, f"http://{HOST}:{port}{path}"], LOAD_CPU),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return parse_wrk(proc.stdout)
-
-
 def measure(
     name: str, setup: tuple[Path, Path, str], root: Path, duration: str, connections: int
 ) -> dict[str, Any]:
     plugins, data, token = setup
     settings, path, send_token = CASES[name]
     port = free_port()
-    cmd = [
-        str(venv_bin("chatterfix")),
-        "start",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--plugins-dir",
-        str(plugins),
-        "--no-access-log",
-    ]
+    cmd = chatterfix_start(port, "--plugins-dir", str(plugins), "--no-access-log")
     env = clean_env(CHATTERFIX_DATA_DIR=str(data), **settings)
     proc = start_process(pinned(cmd, SERVER_CPU), cwd=root, env=env)
     try:
@@ -169,12 +139,8 @@ def measure(
         status, body = request(port, path, bearer)
         # What the same route answers without a header: 401 when auth guards it.
         anonymous_status, _ = request(port, path, None)
-        run_wrk(port, path, bearer, "2s", connections)  # warm-up, discarded
-        cpu_before = process_cpu_s(proc.pid)
-        result = run_wrk(port, path, bearer, duration, connections)
-        cpu_s = process_cpu_s(proc.pid) - cpu_before
-        result["server_cpu_s"] = cpu_s
-        result["cpu_us_per_request"] = cpu_s / result["requests"] * 1e6 if cpu_s else None
+        headers = [f"Authorization: Bearer {bearer}"] if bearer else []
+        result = run_wrk_with_cpu(port, path, duration, connections, LOAD_CPU, [proc.pid], headers)
         result["case"] = name
         result["path"] = path
         result["token_sent"] = send_token
@@ -186,20 +152,12 @@ def measure(
         stop_process(proc)
 
 
-def _us(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
 def main() -> None:
     parser = arg_parser(__doc__ or "")
-    parser.add_argument("--duration", default="10s", help="wrk -d (default 10s)")
-    parser.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per server (default 3)")
+    add_wrk_options(parser)
     args = parser.parse_args()
-    if not have("wrk"):
-        sys.exit("wrk is not installed (apt-get install -y wrk)")
-    if not venv_bin("chatterfix").exists():
-        sys.exit(f"no chatterfix console script next to {sys.executable}")
+    require_tools("wrk")
+    require_chatterfix()
 
     names = list(CASES)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
@@ -212,30 +170,19 @@ def main() -> None:
             for name in order:
                 result = measure(name, setup, root, args.duration, args.connections)
                 runs[name].append(result)
-                print(
-                    f"round {i + 1} {name:<21} {result['rps']:>8.0f} req/s  "
-                    f"p50 {result['p50_s'] * 1000:.2f} ms  p99 {result['p99_s'] * 1000:.2f} ms  "
-                    f"server CPU {_us(result['cpu_us_per_request'])} us/request  "
-                    f"non-2xx {result['non_2xx']}",
-                    flush=True,
-                )
+                print(round_line(i + 1, name, result, 21), flush=True)
     elapsed = time.perf_counter() - started
 
     best = {name: max(results, key=lambda r: r["rps"]) for name, results in runs.items()}
 
     def compare(name: str, baseline: str, label: str) -> dict[str, Any]:
         value, base = best[name], best[baseline]
-        cpu_ratio = (
-            base["cpu_us_per_request"] / value["cpu_us_per_request"]
-            if value["cpu_us_per_request"] and base["cpu_us_per_request"]
-            else float("nan")
-        )
         return {
             "label": label,
             "case": name,
             "baseline": baseline,
             "ratio": ratio(value["rps"], base["rps"]),
-            "cpu_ratio": cpu_ratio,
+            "cpu_ratio": cpu_ratio(value, base),
         }
 
     comparisons = {
@@ -253,41 +200,15 @@ def main() -> None:
     }
 
     def row(comparison: dict[str, Any]) -> list[object]:
-        value, base = best[comparison["case"]], best[comparison["baseline"]]
-        errors = value["non_2xx"] or value["socket_errors"] or "-"
-        return [
-            comparison["label"],
-            f"{value['rps']:.0f}",
-            f"{value['p50_s'] * 1000:.2f}",
-            f"{value['p99_s'] * 1000:.2f}",
-            _us(value["cpu_us_per_request"]),
-            f"{base['rps']:.0f}",
-            f"{base['p50_s'] * 1000:.2f}",
-            f"{base['p99_s'] * 1000:.2f}",
-            _us(base["cpu_us_per_request"]),
-            f"{comparison['ratio']:.2f}",
-            f"{comparison['cpu_ratio']:.2f}",
-            errors,
-        ]
+        return comparison_row(
+            comparison["label"], best[comparison["case"]], best[comparison["baseline"]]
+        )
 
     print_table(
         f"wrk -t1 -c{args.connections} -d{args.duration}, best of {args.rounds} "
         f"(server on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; --no-access-log; "
         "CPU = server CPU us per request; CPU ratio = base CPU / CPU)",
-        [
-            "comparison",
-            "req/s",
-            "p50 ms",
-            "p99 ms",
-            "CPU us/req",
-            "base req/s",
-            "base p50",
-            "base p99",
-            "base CPU",
-            "ratio",
-            "CPU ratio",
-            "errors",
-        ],
+        COMPARISON_HEADERS,
         [row(c) for c in comparisons.values()],
     )
     primary = [comparisons["protected"]["ratio"], comparisons["open"]["ratio"]]

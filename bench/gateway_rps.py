@@ -23,10 +23,6 @@ best run per server (highest req/s, with that run's latencies).
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,19 +30,26 @@ from typing import Any
 
 from _common import (
     BENCH_DIR,
-    HOST,
+    COMPARISON_HEADERS,
+    add_wrk_options,
     arg_parser,
+    chatterfix_start,
     clean_env,
+    comparison_row,
+    cpu_ratio,
+    fmt_us,
     free_port,
-    have,
     http_get,
     machine_info,
     pinned,
     print_table,
     ratio,
+    require_chatterfix,
+    require_tools,
+    run_wrk_with_cpu,
     start_process,
     stop_process,
-    venv_bin,
+    uvicorn_command,
     wait_for_200,
     write_json,
 )
@@ -59,9 +62,9 @@ UVICORN_SAME_AS_GATEWAY = ["--loop", "auto", "--http", "auto", "--lifespan", "on
 
 
 def server_commands(port: int) -> dict[str, list[str]]:
-    uvicorn = [sys.executable, "-m", "uvicorn", "--host", HOST, "--port", str(port)]
+    uvicorn = uvicorn_command(port)
     return {
-        "gateway": [str(venv_bin("chatterfix")), "start", "--host", HOST, "--port", str(port)],
+        "gateway": chatterfix_start(port),
         "bare": [
             *uvicorn,
             *UVICORN_SAME_AS_GATEWAY,
@@ -82,68 +85,8 @@ def server_commands(port: int) -> dict[str, list[str]]:
             str(BENCH_DIR),
             "bare_app:app",
         ],
-        "gateway, quiet": [
-            str(venv_bin("chatterfix")),
-            "start",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--no-access-log",
-        ],
+        "gateway, quiet": chatterfix_start(port, "--no-access-log"),
     }
-
-
-UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
-
-
-def _seconds(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if not match:
-        raise ValueError(f"cannot read wrk duration {text!r}")
-    return float(match.group(1)) * UNITS[match.group(2)]
-
-
-def parse_wrk(output: str) -> dict[str, Any]:
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    total = re.search(r"(\d+) requests in", output)
-    if not rps or not total:
-        raise RuntimeError(f"unexpected wrk output:\n{output}")
-    result: dict[str, Any] = {"rps": float(rps.group(1)), "requests": int(total.group(1))}
-    for pct in ("50", "75", "90", "99"):
-        found = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", output, re.M)
-        result[f"p{pct}_s"] = _seconds(found.group(1)) if found else None
-    errors = re.search(r"Socket errors: (.*)", output)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    result["socket_errors"] = errors.group(1) if errors else ""
-    result["non_2xx"] = int(non2xx.group(1)) if non2xx else 0
-    return result
-
-
-def run_wrk(port: int, duration: str, connections: int) -> dict[str, Any]:
-    cmd = pinned(
-        [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{duration}",
-            "--latency",
-            f"http://{HOST}:{port}{PATH}",
-        ],
-        LOAD_CPU,
-    )
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120)
-    return parse_wrk(proc.stdout)
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds used so far by ``pid`` (0.0 where /proc is missing)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
 
 
 def measure(
@@ -160,12 +103,7 @@ def _measure_in(
     try:
         wait_for_200(port, PATH, proc, timeout=60.0, interval=0.01)
         status, body = http_get(port, PATH)
-        run_wrk(port, "2s", connections)  # warm-up, discarded
-        cpu_before = process_cpu_s(proc.pid)
-        result = run_wrk(port, duration, connections)
-        cpu_s = process_cpu_s(proc.pid) - cpu_before
-        result["server_cpu_s"] = cpu_s
-        result["cpu_us_per_request"] = cpu_s / result["requests"] * 1e6 if cpu_s else None
+        result = run_wrk_with_cpu(port, PATH, duration, connections, LOAD_CPU, [proc.pid])
         result["server"] = name
         result["response"] = {"status": status, "body": json.loads(body)}
         return result
@@ -173,27 +111,12 @@ def _measure_in(
         stop_process(proc)
 
 
-def cpu_ratio(value: dict[str, Any], base: dict[str, Any]) -> float:
-    """Server CPU per request of ``base`` over that of ``value`` (like req/s: higher is better)."""
-    if not value["cpu_us_per_request"] or not base["cpu_us_per_request"]:
-        return float("nan")
-    return float(base["cpu_us_per_request"] / value["cpu_us_per_request"])
-
-
-def _us(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
 def main() -> None:
     parser = arg_parser(__doc__ or "")
-    parser.add_argument("--duration", default="10s", help="wrk -d (default 10s)")
-    parser.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per server (default 3)")
+    add_wrk_options(parser)
     args = parser.parse_args()
-    if not have("wrk"):
-        sys.exit("wrk is not installed (apt-get install -y wrk)")
-    if not venv_bin("chatterfix").exists():
-        sys.exit(f"no chatterfix console script next to {sys.executable}")
+    require_tools("wrk")
+    require_chatterfix()
 
     names = list(server_commands(0))
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
@@ -208,7 +131,7 @@ def main() -> None:
             print(
                 f"round {i + 1} {name:<15} {result['rps']:>10.0f} req/s  "
                 f"p50 {result['p50_s'] * 1000:.2f} ms  p99 {result['p99_s'] * 1000:.2f} ms  "
-                f"server CPU {_us(result['cpu_us_per_request'])} us/request",
+                f"server CPU {fmt_us(result['cpu_us_per_request'])} us/request",
                 flush=True,
             )
     elapsed = time.perf_counter() - started
@@ -218,44 +141,14 @@ def main() -> None:
     same_body = len({json.dumps(b, sort_keys=True) for b in bodies.values()}) == 1
 
     def row(name: str, baseline: str, label: str) -> list[object]:
-        value, base = best[name], best[baseline]
-        errors = value["non_2xx"] or value["socket_errors"] or "-"
-        r = ratio(value["rps"], base["rps"])
-        return [
-            label,
-            f"{value['rps']:.0f}",
-            f"{value['p50_s'] * 1000:.2f}",
-            f"{value['p99_s'] * 1000:.2f}",
-            _us(value["cpu_us_per_request"]),
-            f"{base['rps']:.0f}",
-            f"{base['p50_s'] * 1000:.2f}",
-            f"{base['p99_s'] * 1000:.2f}",
-            _us(base["cpu_us_per_request"]),
-            f"{r:.2f}",
-            f"{cpu_ratio(value, base):.2f}",
-            errors,
-        ]
+        return comparison_row(label, best[name], best[baseline])
 
-    headers = [
-        "comparison",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "CPU us/req",
-        "base req/s",
-        "base p50",
-        "base p99",
-        "base CPU",
-        "ratio",
-        "CPU ratio",
-        "errors",
-    ]
     primary = ratio(best["gateway"]["rps"], best["bare"]["rps"])
     print_table(
         f"GET {PATH}: wrk -t1 -c{args.connections} -d{args.duration}, best of {args.rounds} "
         f"(server on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; "
         "CPU = server CPU us per request; CPU ratio = base CPU / CPU)",
-        headers,
+        COMPARISON_HEADERS,
         [
             row("gateway", "bare", "chatterfix start vs bare (same settings, access log on)"),
             row("gateway, quiet", "bare, quiet", "gateway vs bare, both warning + no access log"),

@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import sys
 import tempfile
 import time
 import timeit
@@ -49,21 +47,28 @@ from typing import Any
 
 from _common import (
     HOST,
+    add_wrk_options,
     arg_parser,
+    chatterfix_start,
     clean_env,
+    create_api_token,
+    fmt_us,
     free_port,
-    have,
     machine_info,
     pinned,
     print_table,
     ratio,
+    require_chatterfix,
+    require_tools,
+    round_line,
+    run_wrk_with_cpu,
     start_process,
     stop_process,
-    venv_bin,
+    uvicorn_command,
     wait_for_200,
     write_json,
 )
-from gateway_rps import UVICORN_SAME_AS_GATEWAY, parse_wrk, process_cpu_s
+from gateway_rps import UVICORN_SAME_AS_GATEWAY
 
 TARGET_RATIO = 0.7
 SERVER_CPU = 0
@@ -153,30 +158,14 @@ def prepare(root: Path) -> tuple[Path, Path, str]:
     (plugins / "benchpipe" / "main.py").write_text(PLUGIN_CODE)
     (root / "bare_pipeline_app.py").write_text(BARE_APP)
     data = root / "data"
-    env = clean_env(CHATTERFIX_DATA_DIR=str(data))
-    chatterfix = str(venv_bin("chatterfix"))
-    for args in (["users", "create", "bench", "--role", "admin"], ["users", "token", "bench"]):
-        proc = subprocess.run(
-            [chatterfix, *args], cwd=root, env=env, capture_output=True, text=True, timeout=60
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"chatterfix {' '.join(args)} failed:\n{proc.stderr}")
-    token = proc.stdout.strip().splitlines()[-1]
-    if not token.startswith("cfx_"):
-        raise RuntimeError(f"unexpected output of chatterfix users token: {proc.stdout!r}")
+    token = create_api_token(root, data)
     return plugins, data, token
 
 
 def command(name: str, port: int, root: Path, plugins: Path) -> list[str]:
     if name == "bare":
-        return [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
+        return uvicorn_command(
+            port,
             *UVICORN_SAME_AS_GATEWAY,
             "--log-level",
             "info",
@@ -184,17 +173,8 @@ def command(name: str, port: int, root: Path, plugins: Path) -> list[str]:
             "--app-dir",
             str(root),
             "bare_pipeline_app:app",
-        ]
-    return [
-        str(venv_bin("chatterfix")),
-        "start",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--plugins-dir",
-        str(plugins),
-    ]
+        )
+    return chatterfix_start(port, "--plugins-dir", str(plugins))
 
 
 def request(port: int, token: str, origin: bool) -> tuple[int, dict[str, str], Any]:
@@ -209,24 +189,6 @@ def request(port: int, token: str, origin: bool) -> tuple[int, dict[str, str], A
         conn.close()
 
 
-def run_wrk(port: int, token: str, origin: bool, duration: str, connections: int) -> dict[str, Any]:
-    cmd = [
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{duration}",
-        "--latency",
-        "-H",
-        f"Authorization: Bearer {token}",
-        *(["-H", f"Origin: {ORIGIN}"] if origin else []),
-        f"http://{HOST}:{port}{PATH}",
-    ]
-    proc = subprocess.run(
-        pinned(cmd, LOAD_CPU), capture_output=True, text=True, check=True, timeout=120
-    )
-    return parse_wrk(proc.stdout)
-
-
 def measure(
     name: str, setup: tuple[Path, Path, str], root: Path, duration: str, connections: int
 ) -> dict[str, Any]:
@@ -238,12 +200,10 @@ def measure(
     try:
         wait_for_200(port, PATH, proc, timeout=60.0, interval=0.01)
         status, headers, body = request(port, token, origin)
-        run_wrk(port, token, origin, "2s", connections)  # warm-up, discarded
-        cpu_before = process_cpu_s(proc.pid)
-        result = run_wrk(port, token, origin, duration, connections)
-        cpu_s = process_cpu_s(proc.pid) - cpu_before
-        result["server_cpu_s"] = cpu_s
-        result["cpu_us_per_request"] = cpu_s / result["requests"] * 1e6 if cpu_s else None
+        wrk_headers = [f"Authorization: Bearer {token}", *([f"Origin: {ORIGIN}"] if origin else [])]
+        result = run_wrk_with_cpu(
+            port, PATH, duration, connections, LOAD_CPU, [proc.pid], wrk_headers
+        )
         result["server"] = name
         result["settings"] = settings
         result["origin_header"] = origin
@@ -298,23 +258,15 @@ def _lowest_cpu(results: list[dict[str, Any]]) -> float | None:
     return min(values) if values else None
 
 
-def _us(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
 def main() -> None:
     parser = arg_parser(__doc__ or "")
-    parser.add_argument("--duration", default="10s", help="wrk -d (default 10s)")
-    parser.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per server (default 3)")
+    add_wrk_options(parser)
     parser.add_argument(
         "--stages", action="store_true", help="also measure one stage at a time (a diagnostic)"
     )
     args = parser.parse_args()
-    if not have("wrk"):
-        sys.exit("wrk is not installed (apt-get install -y wrk)")
-    if not venv_bin("chatterfix").exists():
-        sys.exit(f"no chatterfix console script next to {sys.executable}")
+    require_tools("wrk")
+    require_chatterfix()
 
     names = list(CASES) + (list(STAGE_CASES) if args.stages else [])
     if not port_open(6379):
@@ -330,13 +282,7 @@ def main() -> None:
             for name in order:
                 result = measure(name, setup, root, args.duration, args.connections)
                 runs[name].append(result)
-                print(
-                    f"round {i + 1} {name:<23} {result['rps']:>8.0f} req/s  "
-                    f"p50 {result['p50_s'] * 1000:.2f} ms  p99 {result['p99_s'] * 1000:.2f} ms  "
-                    f"server CPU {_us(result['cpu_us_per_request'])} us/request  "
-                    f"non-2xx {result['non_2xx']}",
-                    flush=True,
-                )
+                print(round_line(i + 1, name, result, 23), flush=True)
     elapsed = time.perf_counter() - started
     counting = counting_cost()
 
@@ -350,7 +296,7 @@ def main() -> None:
             f"{value['rps']:.0f}",
             f"{value['p50_s'] * 1000:.2f}",
             f"{value['p99_s'] * 1000:.2f}",
-            _us(value["cpu_us_per_request"]),
+            fmt_us(value["cpu_us_per_request"]),
             f"{base['rps']:.0f}",
             f"{base['p50_s'] * 1000:.2f}",
             f"{base['p99_s'] * 1000:.2f}",
@@ -400,7 +346,7 @@ def main() -> None:
             "One stage at a time (the lowest server CPU per request of the rounds)",
             ["stage", "req/s", "CPU us/req", "CPU us/req over none"],
             [
-                [name, f"{best[name]['rps']:.0f}", _us(cpu), f"{(cpu or 0.0) - none:+.1f}"]
+                [name, f"{best[name]['rps']:.0f}", fmt_us(cpu), f"{(cpu or 0.0) - none:+.1f}"]
                 for name, cpu in stage_cpu.items()
             ],
         )

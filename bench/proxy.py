@@ -48,21 +48,25 @@ from typing import Any
 from _common import (
     BENCH_DIR,
     HOST,
+    add_wrk_options,
     arg_parser,
+    chatterfix_start,
     clean_env,
     free_port,
     have,
     machine_info,
     pinned,
     print_table,
+    process_tree,
     ratio,
+    require_tools,
+    run_wrk_with_cpu,
     start_process,
     stop_process,
-    venv_bin,
+    uvicorn_command,
     wait_for_200,
     write_json,
 )
-from gateway_rps import parse_wrk, process_cpu_s
 
 SERVER_CPU = 0
 LOAD_CPU = 1
@@ -81,22 +85,11 @@ STREAM_BYTES = 1 << 30
 UVICORN_FAST = ["--http", "httptools", "--loop", "uvloop", "--no-access-log"]
 
 
-def upstream_command(port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        *UVICORN_FAST,
-        "--log-level",
-        "warning",
-        "--app-dir",
-        str(BENCH_DIR),
-        "proxy_upstream:app",
-    ]
+def upstream_command(port: int, app: str = "proxy_upstream:app") -> list[str]:
+    """``app`` from bench/ under uvicorn with httptools and uvloop, no access log."""
+    return uvicorn_command(
+        port, *UVICORN_FAST, "--log-level", "warning", "--app-dir", str(BENCH_DIR), app
+    )
 
 
 NGINX_CONF = """
@@ -138,36 +131,13 @@ def server_command(name: str, port: int, upstream: int, work: Path) -> tuple[lis
         work.chmod(0o777)
         return ["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)], clean_env()
     if name == "minimal":
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            *UVICORN_FAST,
-            "--log-level",
-            "warning",
-            "--app-dir",
-            str(BENCH_DIR),
-            "minimal_proxy:app",
-        ]
+        cmd = upstream_command(port, "minimal_proxy:app")
         return cmd, clean_env(UPSTREAM=f"http://{HOST}:{upstream}")
     plugins = work / "apps"
     (plugins / SERVICE).mkdir(parents=True)
     manifest = {"name": SERVICE, "version": "1.0.0", "url": f"http://{HOST}:{upstream}"}
     (plugins / SERVICE / "plugin.json").write_text(json.dumps(manifest))
-    cmd = [
-        str(venv_bin("chatterfix")),
-        "start",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--plugins-dir",
-        str(plugins),
-    ]
+    cmd = chatterfix_start(port, "--plugins-dir", str(plugins))
     if name == "chatterfix":
         cmd.append("--no-access-log")
     env = clean_env(CHATTERFIX_DATA_DIR=str(work / "data"))
@@ -186,22 +156,6 @@ def server(name: str, upstream: int) -> Iterator[tuple[int, Any]]:
             yield port, proc
         finally:
             stop_process(proc)
-
-
-def run_wrk(port: int, path: str, duration: str, connections: int) -> dict[str, Any]:
-    cmd = pinned(
-        [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{duration}",
-            "--latency",
-            f"http://{HOST}:{port}{path}",
-        ],
-        LOAD_CPU,
-    )
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120)
-    return parse_wrk(proc.stdout)
 
 
 def fixed_rate(port: int, path: str, rate: float, duration: float) -> dict[str, Any]:
@@ -233,18 +187,6 @@ def rss_kib(pids: list[int]) -> int:
         except OSError:
             continue
     return total
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its children (nginx's worker)."""
-    found = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
-    for child in children:
-        found.extend(process_tree(int(child)))
-    return found
 
 
 def stream_rss(port: int, pid: int, size: int) -> dict[str, Any]:
@@ -297,16 +239,12 @@ def stream_rss(port: int, pid: int, size: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = arg_parser(__doc__ or "")
-    parser.add_argument("--duration", default="10s", help="wrk -d (default 10s)")
-    parser.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per server (default 3)")
+    add_wrk_options(parser)
     parser.add_argument("--rate", type=float, default=500.0, help="fixed rate (default 500/s)")
     parser.add_argument("--latency-seconds", type=float, default=8.0)
     parser.add_argument("--stream-bytes", type=int, default=STREAM_BYTES)
     args = parser.parse_args()
-    for tool in ("wrk", "curl"):
-        if not have(tool):
-            sys.exit(f"{tool} is not installed (apt-get install -y {tool})")
+    require_tools("wrk", "curl")
     names = list(PATHS)
     if not have("nginx"):
         print("nginx is not installed (apt-get install -y nginx): its row is left out")
@@ -329,13 +267,14 @@ def main() -> None:
             for name in order:
                 with server(name, upstream_port) as (port, proc):
                     path = PATHS[name]
-                    run_wrk(port, path, "2s", args.connections)  # warm-up, discarded
-                    pids = process_tree(proc.pid)
-                    cpu_before = sum(process_cpu_s(pid) for pid in pids)
-                    result = run_wrk(port, path, args.duration, args.connections)
-                    cpu_s = sum(process_cpu_s(pid) for pid in pids) - cpu_before
-                    result["server_cpu_s"] = cpu_s
-                    result["cpu_us_per_request"] = cpu_s / result["requests"] * 1e6
+                    result = run_wrk_with_cpu(
+                        port,
+                        path,
+                        args.duration,
+                        args.connections,
+                        LOAD_CPU,
+                        process_tree(proc.pid),
+                    )
                     result["server"] = name
                     runs[name].append(result)
                     print(
