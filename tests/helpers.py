@@ -30,8 +30,11 @@ def gateway_log(cwd: Path, url: str) -> Path:
 
 
 @contextlib.contextmanager
-def gateway(python: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run `python -m chatterfix start` on a free port until /health answers; yield its URL.
+def started_gateway(
+    python: str, *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Run `python -m chatterfix start` on a free port until /health answers; yield its URL
+    and process, and stop it (SIGTERM, then SIGKILL) unless the test already did.
 
     Its standard output and error go to :func:`gateway_log`."""
     port = free_port()
@@ -59,14 +62,22 @@ def gateway(python: str, *args: str, cwd: Path, env: dict[str, str] | None = Non
             if time.monotonic() > deadline:
                 pytest.fail(f"gateway did not answer within 60 s:\n{log.read_text()}")
             time.sleep(0.05)
-        yield url
+        yield url, process
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@contextlib.contextmanager
+def gateway(python: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """:func:`started_gateway`, yielding its URL only."""
+    with started_gateway(python, *args, cwd=cwd, env=env) as (url, _process):
+        yield url
 
 
 def admin_headers(cwd: Path, env: dict[str, str] | None = None) -> dict[str, str]:

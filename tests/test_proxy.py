@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,9 @@ import httpx
 import pytest
 
 from chatterfix import Platform, ServiceEndpoint, SystemEvents
+from tests.helpers import started_gateway
 from tests.proxy_support import (
     Upstream,
-    chatterfix_start,
     eventually,
     fast_discovery,
     served,
@@ -351,7 +352,10 @@ def test_a_large_download_streams_through_chatterfix_start_in_bounded_memory(
         folder = make_folder_plugin(
             "files", code=None, manifest={"name": "files", "url": upstream.url}
         )
-        with chatterfix_start(tmp_path, "--plugins-dir", str(folder)) as (url, process):
+        with started_gateway(sys.executable, "--plugins-dir", str(folder), cwd=tmp_path) as (
+            url,
+            process,
+        ):
             with httpx.stream("GET", f"{url}/api/files/bytes?n={8 << 20}") as warm:
                 for _ in warm.iter_raw():
                     pass

@@ -8,12 +8,13 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import started_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -39,46 +40,20 @@ def shutdown(platform):
 """
 
 
-def start_gateway(tmp_path: Path, grace: float) -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(
+    tmp_path: Path, grace: float
+) -> AbstractContextManager[tuple[str, subprocess.Popen[bytes]]]:
     apps = tmp_path / "apps" / "slow"
     apps.mkdir(parents=True)
     (apps / "plugin.json").write_text('{"name": "slow", "version": "1.0.0"}')
     (apps / "main.py").write_text(SLOW_PLUGIN)
-    port = free_port()
     env = {
-        **os.environ,
         "CHATTERFIX_GATEWAY__SHUTDOWN_GRACE": str(grace),
         "CHATTERFIX_SLOW__SHUTDOWN_MARKER": str(tmp_path / "shutdown"),
     }
-    with (tmp_path / "gateway.log").open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "chatterfix",
-                "start",
-                "--port",
-                str(port),
-                "--plugins-dir",
-                str(tmp_path / "apps"),
-            ],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, (tmp_path / "gateway.log").read_text()
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, (tmp_path / "gateway.log").read_text()
-        time.sleep(0.05)
+    return started_gateway(
+        sys.executable, "--plugins-dir", str(tmp_path / "apps"), cwd=tmp_path, env=env
+    )
 
 
 def request_in_background(url: str, marker: Path, seconds: float) -> dict[str, object]:
@@ -107,8 +82,7 @@ def request_in_background(url: str, marker: Path, seconds: float) -> dict[str, o
 
 
 def test_sigterm_finishes_requests_in_flight_then_exits_0(tmp_path: Path) -> None:
-    process, url = start_gateway(tmp_path, grace=10)
-    try:
+    with start_gateway(tmp_path, grace=10) as (url, process):
         outcome = request_in_background(url, tmp_path / "started", seconds=1.5)
         os.killpg(process.pid, signal.SIGTERM)
         time.sleep(0.3)
@@ -119,16 +93,12 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(tmp_path: Path) -> Non
         assert outcome.get("status") == 200, outcome
         assert outcome["body"] == {"done": True}
         assert (tmp_path / "shutdown").read_text() == "stopped"
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 def test_requests_outlasting_the_grace_period_are_cut_and_the_exit_is_still_clean(
     tmp_path: Path,
 ) -> None:
-    process, url = start_gateway(tmp_path, grace=0.5)
-    try:
+    with start_gateway(tmp_path, grace=0.5) as (url, process):
         outcome = request_in_background(url, tmp_path / "started", seconds=60)
         os.killpg(process.pid, signal.SIGTERM)
         assert process.wait(timeout=20) == 0
@@ -136,6 +106,3 @@ def test_requests_outlasting_the_grace_period_are_cut_and_the_exit_is_still_clea
         assert outcome.get("status") == 503, outcome
         assert outcome["body"]["error"]["code"] == "shutting_down"  # type: ignore[index]
         assert (tmp_path / "shutdown").read_text() == "stopped"
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
