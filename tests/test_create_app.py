@@ -32,7 +32,7 @@ from chatterfix import __version__
 from chatterfix.cli import cli
 from chatterfix.manifest import load_manifest_file
 from chatterfix.scaffold import list_templates, templates_root
-from tests.helpers import free_port, gateway, venv_seeing_project
+from tests.helpers import free_port, gateway, stop_process_group, venv_seeing_project
 
 TEMPLATES = ("ai_service", "web_app", "api", "microservice")
 # One app per template, and the route that answers 200 once it runs.
@@ -724,13 +724,7 @@ def process(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> Itera
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_group(proc)
 
 
 def wait_for(condition: Any, what: str, log: Path, timeout: float = 60) -> Any:
